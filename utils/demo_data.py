@@ -1,0 +1,524 @@
+"""A built-in demo dataset: small synthetic clips in the exact HMDB51 layout, made in seconds.
+
+Each clip shows one textured square sliding over a textured background. A class is the
+product of two factors:
+
+* **appearance** - the square's colour: ``red``, ``green`` or ``blue``, all of the *same
+  luma* (brightness), so the three colours look identical in grayscale;
+* **motion** - where the square goes: ``up``, ``down`` or ``sideways`` (left or right, drawn
+  at random per clip, so a horizontal flip never changes the class).
+
+That makes nine classes such as ``red_up`` or ``blue_sideways``, and neither stream of a
+two-stream network can solve the task alone:
+
+* one RGB frame tells the colour but not the motion (the square starts anywhere and wraps
+  around the frame edges, so its position says nothing about where it goes; no motion blur);
+* optical flow is computed on grayscale frames, where the colours vanish, so it tells the
+  motion but not the colour.
+
+Each stream alone should reach about 1/3 accuracy; fused, close to 100 %.
+
+Everything else is a nuisance drawn per clip independently of the class: speed, size and
+texture of the square, its grayscale brightness, start position, clip length, JPEG quality,
+a slow camera drift on some clips. Clips share a *source* (same background, like clips cut
+from one movie), so the grouped train/validation carve-out of :mod:`utils.dataset` has real
+work to do, and the official-style split files keep each source on one side.
+
+Files follow HMDB51 exactly::
+
+    <root>/videos/<class>/<source>_<class>_<body>_<cam>_<np>_<view>_<quality>_<clip>.avi
+    <root>/splits/<class>_test_split{1,2,3}.txt     lines "<video>.avi <0|1|2> "
+
+Make it with ``make_demo_dataset(root)`` or ``python -m utils.demo_data``; the same seed
+gives the same split files byte for byte and the same decoded frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import Config, dataset_root
+
+GENERATOR_VERSION = 1
+MANIFEST_NAME = "demo_dataset.json"
+
+# --------------------------------------------------------------------------------------
+# Classes
+# --------------------------------------------------------------------------------------
+# Colours as hue angles (degrees) in the Cb-Cr plane of BT.601 YCbCr: the chroma directions of
+# pure red, green and blue. A pixel of luma Y and chroma (Cb, Cr) has the same grayscale value
+# Y whatever its hue, because OpenCV's BGR2GRAY uses the same weights (0.299, 0.587, 0.114).
+APPEARANCES = {"red": 108.7, "green": 231.7, "blue": 350.8}
+MOTIONS = {"up": (-90.0,), "down": (90.0,), "sideways": (0.0, 180.0)}  # image angles, y axis down
+
+DEMO_CLASSES = {
+    f"{appearance}_{motion}": {"appearance": appearance, "motion": motion}
+    for appearance in APPEARANCES for motion in MOTIONS
+}
+"""Class name -> its two factors, e.g. ``DEMO_CLASSES["red_up"] == {"appearance": "red", "motion": "up"}``."""
+
+DEFAULT_OPTIONS = dict(
+    frame_size=(64, 64),       # (width, height) in pixels
+    frames=(14, 18),           # clip length range in frames (inclusive); >= stack_length + 1
+    clips_per_class=15,        # distinct videos per class
+    test_per_split=4,          # test clips per class in each split (code 2)
+    unused_per_split=1,        # clips per class left out of each split (code 0); the rest train (1)
+    fps=25,
+)
+"""Size options of :func:`make_demo_dataset` (all can be overridden by keyword)."""
+
+DEMO_SETTINGS = {
+    "image_size": 56,      # network input side = the evaluation centre crop of the 64x64 frames
+    "stack_length": 10,    # as in the paper; every demo clip has >= 14 frames, so >= 13 flows
+    "flow_method": "tvl1",
+    "crop_scales": (1.0, 0.875),   # training crops (generators' crop_scales): never miss the square
+    "frame_size": DEFAULT_OPTIONS["frame_size"],
+}
+"""Recommended settings for a demo run (``Config(dataset="demo", image_size=DEMO_SETTINGS["image_size"])``).
+
+``image_size=56``: evaluation (:mod:`utils.generators`) takes the centre crop of side
+0.875 x 64 = 56 pixels, so test
+inputs are used at their own resolution, and ResNet50 (stride 32) keeps a 2x2 final feature
+map. Frames are square on purpose: the square object (14-20 pixels) is always at least partly
+inside that centre crop, even while it wraps around an edge. ``crop_scales=(1.0, 0.875)``
+keeps that true for training crops too; with the default TSN scales, the 0.75 and 0.66 corner
+crops (48 and 42 pixels) miss the square entirely in about 3 % and 18 % of draws, i.e. noisy
+labels. Small frames keep TV-L1 extraction of the whole dataset around a minute and a half on
+two processes (about 2,000 frame pairs at ~90 ms each).
+"""
+
+# Nuisance ranges, as fractions of the frame's shorter side where they are lengths.
+_OBJECT_SIDE = (0.22, 0.32)          # side of the square
+_SPEED = (0.018, 0.040)              # per frame (1.2-2.6 px at 64 px)
+_DIRECTION_JITTER = 15.0             # degrees around the class direction
+_CHROMA = (28.0, 38.0)               # saturation of the square (radius in the Cb-Cr plane)
+_HUE_JITTER = 10.0                   # degrees around the class hue
+_LUMA_LIMITS = (55.0, 180.0)         # luma range of the square's pixels: its colours never clip
+_BACKGROUND_LUMA = (30.0, 215.0)     # luma range of the background (faint tint: never clips either)
+_SQUARE_LUMA = (65.0, 170.0)         # range of the square's mean luma
+_CAMERA_MOTION_SHARE = 0.25          # share of clips with a slow camera drift ("cm")
+_CAMERA_SPEED = (0.004, 0.008)       # per frame (0.25-0.5 px at 64 px)
+_JPEG_QUALITY = {"goo": 95, "med": 85, "bad": 75}   # MJPG quality by the file name's quality tag
+_GROUP_SIZES = (2, 3, 4)             # clips per source within a class (plus two single clips)
+
+
+def demo_class_factors(class_name: str) -> tuple[str, str]:
+    """``(appearance, motion)`` of a demo class, e.g. ``"red_up" -> ("red", "up")``."""
+    try:
+        factors = DEMO_CLASSES[class_name]
+    except KeyError:
+        raise KeyError(f"{class_name!r} is not a demo class; demo classes: {sorted(DEMO_CLASSES)}") from None
+    return factors["appearance"], factors["motion"]
+
+
+# --------------------------------------------------------------------------------------
+# One clip
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything needed to render one clip (the class enters only through hue and direction)."""
+
+    class_name: str
+    source: str
+    clip: int
+    n_frames: int
+    width: int
+    height: int
+    hue: float               # degrees in the Cb-Cr plane
+    chroma: float            # saturation of the square
+    side: int                # square side in pixels
+    luma_mean: float         # grayscale brightness of the square
+    luma_std: float
+    start: tuple             # (x, y) start position of the square's corner, pixels
+    velocity: tuple          # (vx, vy) pixels per frame
+    camera_velocity: tuple   # background drift, pixels per frame ((0, 0) for a static camera)
+    jpeg_quality: int        # MJPG quality of the video file (from the quality tag)
+    texture_seed: int
+    background_seed: int     # one per source: clips of a source share their background
+    background_luma: float   # mean grayscale brightness of that background
+    background_margin: int   # the background is drawn this much larger on every side (camera drift room)
+    meta: tuple              # (body, cam, np, view, quality) tags of the file name
+
+    @property
+    def filename(self) -> str:
+        return f"{self.source}_{self.class_name}_" + "_".join(self.meta) + f"_{self.clip}.avi"
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
+    """Random texture with features about ``cell`` pixels wide, zero mean and unit std."""
+    grid = rng.standard_normal((max(2, round(height / cell)) + 2, max(2, round(width / cell)) + 2))
+    big = cv2.resize(grid, (width + 2 * round(cell), height + 2 * round(cell)), interpolation=cv2.INTER_CUBIC)
+    texture = big[round(cell):round(cell) + height, round(cell):round(cell) + width]
+    return (texture - texture.mean()) / (texture.std() + 1e-6)
+
+
+def _background(seed: int, mean: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A source's background: luma (H x W float32) around ``mean`` and a faint constant chroma tint (Cb, Cr)."""
+    rng = np.random.default_rng(seed)
+    size = min(height, width)
+    texture = (0.6 * _smooth_noise(rng, height, width, size / 4)
+               + 0.3 * _smooth_noise(rng, height, width, size / 12)
+               + 0.25 * _smooth_noise(rng, height, width, 2.0))
+    texture /= texture.std()
+    luma = mean + rng.uniform(15, 28) * texture
+    angle, radius = np.deg2rad(rng.uniform(0, 360)), rng.uniform(0, 10)
+    tint = np.array([radius * np.cos(angle), radius * np.sin(angle)], np.float32)
+    return np.clip(luma, *_BACKGROUND_LUMA).astype(np.float32), tint
+
+
+def _ycbcr_to_rgb(luma: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """BT.601 full-range YCbCr (chroma centred on 0) to RGB float; the inverse of OpenCV's gray."""
+    red = luma + 1.402 * cr
+    green = luma - 0.344136 * cb - 0.714136 * cr
+    blue = luma + 1.772 * cb
+    return np.stack([red, green, blue], axis=-1)
+
+
+def render_luma_and_chroma(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of a clip as luma (T x H x W) and chroma (T x H x W x 2, Cb and Cr), float32.
+
+    The luma does not depend on the clip's hue or saturation, which is what makes the colour
+    classes identical in grayscale.
+    """
+    width, height, steps = spec.width, spec.height, spec.n_frames
+    margin = spec.background_margin
+    bg_luma, tint = _background(spec.background_seed, spec.background_luma,
+                                height + 2 * margin, width + 2 * margin)
+
+    texture_rng = np.random.default_rng(spec.texture_seed)
+    texture = 0.7 * _smooth_noise(texture_rng, spec.side, spec.side, 3.0) + 0.5 * _smooth_noise(
+        texture_rng, spec.side, spec.side, 1.5)
+    square = spec.luma_mean + spec.luma_std * texture / texture.std()
+    layer = np.zeros((height, width), np.float32)   # the square at the origin, moved by warpAffine
+    alpha = np.zeros((height, width), np.float32)
+    layer[: spec.side, : spec.side] = np.clip(square, *_LUMA_LIMITS)
+    alpha[: spec.side, : spec.side] = 1.0
+
+    angle = np.deg2rad(spec.hue)
+    colour = np.array([spec.chroma * np.cos(angle), spec.chroma * np.sin(angle)], np.float32)
+    lumas = np.empty((steps, height, width), np.float32)
+    chromas = np.empty((steps, height, width, 2), np.float32)
+    for t in range(steps):
+        x = spec.start[0] + spec.velocity[0] * t
+        y = spec.start[1] + spec.velocity[1] * t
+        move = np.float32([[1, 0, x % width], [0, 1, y % height]])
+        wrap = dict(flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+        obj = cv2.warpAffine(layer, move, (width, height), **wrap)
+        a = cv2.warpAffine(alpha, move, (width, height), **wrap)
+        # The camera looks at a window of the larger background, drifting with camera_velocity
+        # (all clips of a source see the same window at t=0).
+        view = np.float32([[1, 0, -(margin + spec.camera_velocity[0] * t)],
+                           [0, 1, -(margin + spec.camera_velocity[1] * t)]])
+        bg = cv2.warpAffine(bg_luma, view, (width, height), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT)
+        # obj is already "premultiplied": the warp blends the square with the zeros around it.
+        lumas[t] = bg * (1 - a) + obj
+        chromas[t] = tint * (1 - a[..., None]) + colour * a[..., None]
+    return lumas, chromas
+
+
+def render_clip(spec: ClipSpec) -> np.ndarray:
+    """The clip's RGB frames, uint8 T x H x W x 3."""
+    lumas, chromas = render_luma_and_chroma(spec)
+    rgb = _ycbcr_to_rgb(lumas, chromas[..., 0], chromas[..., 1])
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def write_video(path, frames_rgb: np.ndarray, fps: int = 25, quality: int = 95) -> None:
+    """Write RGB frames to an MJPG ``.avi`` with OpenCV's built-in encoder.
+
+    That encoder ships with every OpenCV build (headless included, no FFmpeg needed to write)
+    and gives the same bytes for the same frames, which keeps the dataset reproducible.
+    """
+    height, width = frames_rgb.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                             (width, height))
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write MJPG video {path}")
+    try:
+        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, quality)
+        for frame in frames_rgb:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+
+
+# --------------------------------------------------------------------------------------
+# The whole dataset: clips, sources and split files
+# --------------------------------------------------------------------------------------
+def _options(size_options: dict) -> dict:
+    unknown = sorted(set(size_options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown demo dataset option(s) {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
+    options = {**DEFAULT_OPTIONS, **size_options}
+    options["frame_size"] = tuple(int(v) for v in options["frame_size"])
+    options["frames"] = tuple(int(v) for v in options["frames"])
+    width, height = options["frame_size"]
+    low, high = options["frames"]
+    if min(width, height) < 32:
+        raise ValueError(f"frame_size must be at least 32x32 pixels, got {options['frame_size']}")
+    if not 2 <= low <= high:
+        raise ValueError(f"frames must be a range (low, high) with 2 <= low <= high, got {options['frames']}")
+    n_train = options["clips_per_class"] - options["test_per_split"] - options["unused_per_split"]
+    if options["test_per_split"] < 1 or options["unused_per_split"] < 0 or n_train < 2:
+        raise ValueError("need test_per_split >= 1, unused_per_split >= 0 and at least 2 training clips "
+                         f"per class, got {options}")
+    return options
+
+
+def _group_sizes(rng: np.random.Generator, total: int, n_test: int, n_unused: int) -> list[int]:
+    """Clips per source for one class, summing to ``total``.
+
+    A few sources hold a single clip (so that exactly ``n_unused`` clips can be left out of a
+    split), and no source holds more clips than the test part, so whole sources can fill it.
+    """
+    sizes = [1] * min(total, max(2, n_unused + 1))
+    largest = max(1, min(max(_GROUP_SIZES), n_test))
+    while sum(sizes) < total:
+        size = min(int(rng.choice(_GROUP_SIZES)), largest)
+        sizes.append(min(size, total - sum(sizes)))
+    return [int(s) for s in rng.permutation(sizes)]
+
+
+def plan_clips(seed: int = 0, **size_options) -> list[ClipSpec]:
+    """Specs of all clips, class by class; deterministic for a seed (nothing is rendered)."""
+    options = _options(size_options)
+    width, height = options["frame_size"]
+    short = min(width, height)
+    margin = int(np.ceil(_CAMERA_SPEED[1] * short * options["frames"][1])) + 2
+    specs: list[ClipSpec] = []
+    source_number = 0
+    for class_index, (class_name, factors) in enumerate(DEMO_CLASSES.items()):
+        rng = np.random.default_rng([seed, 1, class_index])
+        for group_size in _group_sizes(rng, options["clips_per_class"], options["test_per_split"],
+                                      options["unused_per_split"]):
+            source = f"demosrc{source_number:02d}"
+            background_seed = int(rng.integers(2**31))
+            background_luma = rng.uniform(85, 150)
+            source_number += 1
+            for clip in range(group_size):
+                direction = float(rng.choice(MOTIONS[factors["motion"]]))
+                direction += rng.uniform(-_DIRECTION_JITTER, _DIRECTION_JITTER)
+                speed = rng.uniform(*_SPEED) * short
+                angle = np.deg2rad(direction)
+                # The square is brighter or darker than the background, by 25-50 grey levels.
+                contrast = rng.uniform(25, 50) * rng.choice([-1.0, 1.0])
+                if not _SQUARE_LUMA[0] <= background_luma + contrast <= _SQUARE_LUMA[1]:
+                    contrast = -contrast
+                luma_mean = background_luma + contrast
+                camera = rng.random() < _CAMERA_MOTION_SHARE
+                camera_angle = np.deg2rad(rng.uniform(0, 360))
+                camera_speed = rng.uniform(*_CAMERA_SPEED) * short if camera else 0.0
+                quality = str(rng.choice(list(_JPEG_QUALITY)))
+                meta = (str(rng.choice(["f", "u", "l", "h"])), "cm" if camera else "nm", "np1",
+                        str(rng.choice(["fr", "ba", "le", "ri"])), quality)
+                specs.append(ClipSpec(
+                    class_name=class_name, source=source, clip=clip,
+                    n_frames=int(rng.integers(options["frames"][0], options["frames"][1] + 1)),
+                    width=width, height=height,
+                    hue=APPEARANCES[factors["appearance"]] + rng.uniform(-_HUE_JITTER, _HUE_JITTER),
+                    chroma=rng.uniform(*_CHROMA),
+                    side=int(round(rng.uniform(*_OBJECT_SIDE) * short)),
+                    luma_mean=luma_mean, luma_std=rng.uniform(14, 26),
+                    start=(rng.uniform(0, width), rng.uniform(0, height)),
+                    velocity=(speed * np.cos(angle), speed * np.sin(angle)),
+                    camera_velocity=(camera_speed * np.cos(camera_angle), camera_speed * np.sin(camera_angle)),
+                    jpeg_quality=_JPEG_QUALITY[quality],
+                    texture_seed=int(rng.integers(2**31)), background_seed=background_seed,
+                    background_luma=background_luma, background_margin=margin,
+                    meta=meta,
+                ))
+    return specs
+
+
+def plan_splits(specs: list[ClipSpec], seed: int = 0, **size_options) -> dict[int, dict[str, int]]:
+    """``{split: {filename: code}}`` for splits 1-3: whole sources go to test (2), unused (0) or train (1).
+
+    Each class gets exactly ``test_per_split`` test and ``unused_per_split`` unused clips in
+    every split; the three splits are different draws, as in HMDB51.
+    """
+    options = _options(size_options)
+    n_test, n_unused = options["test_per_split"], options["unused_per_split"]
+    splits: dict[int, dict[str, int]] = {1: {}, 2: {}, 3: {}}
+    for class_index, class_name in enumerate(DEMO_CLASSES):
+        groups: dict[str, list[str]] = {}
+        for spec in specs:
+            if spec.class_name == class_name:
+                groups.setdefault(spec.source, []).append(spec.filename)
+        names = sorted(groups)
+        previous = []
+        for split in (1, 2, 3):
+            rng = np.random.default_rng([seed, 2, class_index, split])
+            valid = None   # the first valid draw, used if no draw differs from the earlier splits
+            for _ in range(1000):
+                codes = _assign_groups(rng, names, groups, n_test, n_unused)
+                valid = valid or codes
+                if codes is not None and codes not in previous:
+                    break
+            else:
+                codes = valid
+            if codes is None:
+                raise ValueError(f"cannot split {class_name} into {n_test} test and {n_unused} unused "
+                                 f"clips by whole sources ({ {n: len(g) for n, g in groups.items()} })")
+            previous.append(codes)
+            splits[split].update(codes)
+    return splits
+
+
+def _assign_groups(rng, names, groups, n_test, n_unused) -> dict[str, int] | None:
+    """One random filling of test then unused by whole sources; None if the counts cannot be met."""
+    codes, counts = {}, {2: 0, 0: 0}
+    targets = {2: n_test, 0: n_unused}
+    for name in (names[i] for i in rng.permutation(len(names))):
+        size = len(groups[name])
+        code = next((c for c in (2, 0) if counts[c] + size <= targets[c]), 1)
+        if code != 1:
+            counts[code] += size
+        codes.update({filename: code for filename in groups[name]})
+    if counts != targets or not any(code == 1 for code in codes.values()):
+        return None
+    return codes
+
+
+def _split_file_text(codes: dict[str, int], filenames: list[str]) -> str:
+    # HMDB51's own format: one "<video>.avi <code> " line per clip, with a trailing space.
+    return "".join(f"{name} {codes[name]} \n" for name in filenames)
+
+
+def _manifest(seed: int, options: dict) -> dict:
+    return {"generator": "utils.demo_data", "version": GENERATOR_VERSION, "seed": int(seed),
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(options.items())}}
+
+
+def make_demo_dataset(root, seed: int = 0, overwrite: bool = False, progress: bool = False,
+                      **size_options) -> dict:
+    """Write the demo dataset to ``root`` (``videos/`` and ``splits/`` in the HMDB51 layout).
+
+    The dataset is built in a temporary folder next to ``root`` and renamed into place, so
+    ``root`` is never half-written. If ``root`` already holds this very dataset (same seed and
+    options) nothing is done; a different dataset or other content is an error unless
+    ``overwrite=True`` (which replaces the whole folder, extracted frames included).
+    ``size_options`` override :data:`DEFAULT_OPTIONS`. Returns a summary dict.
+    """
+    options = _options(size_options)
+    root = Path(root).expanduser().resolve()
+    manifest = _manifest(seed, options)
+    if root.exists() and any(root.iterdir()):
+        existing = _read_manifest(root)
+        if existing == manifest and (root / "splits").is_dir() and not overwrite:
+            return {**_summary(root, plan_clips(seed, **options)), "created": False, "seconds": 0.0}
+        if not overwrite:
+            what = "a different demo dataset" if existing else "other files"
+            raise FileExistsError(f"{root} already holds {what}; pass overwrite=True (CLI: --overwrite) "
+                                  "to replace it, or choose another folder")
+    started = time.perf_counter()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
+    try:
+        specs = plan_clips(seed, **options)
+        splits = plan_splits(specs, seed, **options)
+        items = specs
+        if progress:
+            from tqdm.auto import tqdm
+            items = tqdm(specs, desc="demo clips", unit="clip")
+        for spec in items:
+            folder = build / "videos" / spec.class_name
+            folder.mkdir(parents=True, exist_ok=True)
+            write_video(folder / spec.filename, render_clip(spec), fps=options["fps"], quality=spec.jpeg_quality)
+        (build / "splits").mkdir()
+        for class_name in DEMO_CLASSES:
+            filenames = sorted(s.filename for s in specs if s.class_name == class_name)
+            for split, codes in splits.items():
+                path = build / "splits" / f"{class_name}_test_split{split}.txt"
+                path.write_text(_split_file_text(codes, filenames), encoding="utf-8")
+        (build / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _move_into_place(build, root)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return {**_summary(root, specs), "created": True, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _move_into_place(build: Path, root: Path) -> None:
+    old = None
+    if root.exists():
+        old = root.with_name(f".{root.name}.old-{os.getpid()}")
+        root.rename(old)
+    build.rename(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_manifest(root: Path) -> dict | None:
+    try:
+        return json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _summary(root: Path, specs: list[ClipSpec]) -> dict:
+    frames = [s.n_frames for s in specs]
+    return {
+        "root": str(root),
+        "classes": len(DEMO_CLASSES),
+        "videos": len(specs),
+        "sources": len({s.source for s in specs}),
+        "frame_size": (specs[0].width, specs[0].height),
+        "frames": int(sum(frames)),
+        "flow_pairs": int(sum(frames) - len(frames)),
+        "frames_per_clip": (min(frames), max(frames)),
+    }
+
+
+def ensure_demo_dataset(cfg: Config) -> Path:
+    """Make the demo dataset at ``cfg.data_root`` if its ``splits/`` folder is missing; return the root.
+
+    The demo dataset is always made with seed 0 (``cfg.seed`` seeds training, not the data).
+    A demo dataset made by another version of this generator is kept, with a warning.
+    """
+    root = cfg.data_root
+    if (root / "splits").is_dir():
+        existing = _read_manifest(root)
+        if existing and existing != _manifest(0, _options({})) and existing.get("generator") == "utils.demo_data":
+            warnings.warn(f"{root} holds a demo dataset made with other settings than the current "
+                          f"defaults ({existing}); to remake it (extracted frames included), run "
+                          f"`python -m utils.demo_data --root {root} --overwrite`", stacklevel=2)
+        return root
+    if root == dataset_root("hmdb51"):
+        raise FileNotFoundError(f"{root / 'splits'} not found: HMDB51 is not downloaded "
+                                "(run `python -m utils.download`, or use dataset='demo')")
+    make_demo_dataset(root, seed=0)
+    return root
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=str(Config(dataset="demo").data_root),
+                        help="output folder (default: data/demo)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing, different dataset")
+    args = parser.parse_args(argv)
+    try:
+        summary = make_demo_dataset(args.root, seed=args.seed, overwrite=args.overwrite, progress=True)
+    except FileExistsError as error:
+        parser.exit(1, f"error: {error}\n")
+    verb = "made" if summary["created"] else "already there:"
+    print(f"demo dataset {verb} {summary['root']}: {summary['classes']} classes, {summary['videos']} videos, "
+          f"{summary['sources']} sources, {summary['frames']} frames of "
+          f"{summary['frame_size'][0]}x{summary['frame_size'][1]} ({summary['seconds']} s)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,572 @@
+"""Video-level evaluation of the two streams, score files on disk, and late fusion.
+
+Two test protocols, both scoring *videos* (one label per clip), not single inputs:
+
+- ``"one_frame"``: one input per video. The temporal stream sees the stack of
+  ``L = stack_length`` flows starting at the middle of the clip,
+  ``start = clamp(n_flows // 2 - L // 2 + 1, 1, n_flows - L + 1)`` (1-based, so the stack
+  ``start ... start + L - 1`` always fits), and the spatial stream sees RGB frame ``start``,
+  the first frame of that same stack. Deterministic: the same inputs on every run.
+- ``"whole_video"``: every frame ``1 ... n_frames`` through the spatial stream and every stack
+  ``start = 1 ... n_flows - L + 1`` through the temporal stream (with ``stride`` > 1: every
+  stride-th one), and the video's score is the average of the softmax outputs.
+
+Per-video scores are written to ``cfg.scores_dir/<stream>_<protocol>.npz`` (``..._val.npz`` for
+the validation subset) with the arrays ``video``, ``label``, ``scores`` (videos x classes),
+``n_inputs`` and ``class_names`` and the settings used, so fusion and every table can be
+recomputed without the models. Score files are written to a temporary file and renamed; a long
+evaluation saves its progress every few videos and resumes from it.
+
+Fusion is late fusion of softmax scores: the plain average of the two streams (Simonyan &
+Zisserman 2014) or a weighted average ``w * spatial + (1 - w) * temporal`` whose weight is
+chosen on the *validation* videos, never on the test videos.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
+
+from utils.config import Config
+
+STREAMS = ("spatial", "temporal")
+PROTOCOLS = ("one_frame", "whole_video")
+SUBSETS = ("test", "val")
+FUSION_WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # candidate w, steps of 0.05
+
+
+# ----------------------------------------------------------------------------------------
+# Which inputs a protocol feeds to a stream
+# ----------------------------------------------------------------------------------------
+def one_frame_start(n_flows: int, stack_length: int = 10) -> int:
+    """1-based start of the middle flow stack that still fits in the clip.
+
+    ``clamp(n_flows // 2 - L // 2 + 1, 1, n_flows - L + 1)``; the spatial stream uses RGB
+    frame ``start`` (the first frame of that stack) so both streams look at the same moment.
+    """
+    if n_flows < stack_length:
+        raise ValueError(f"a clip with {n_flows} flows is too short for a stack of {stack_length}")
+    middle = n_flows // 2 - stack_length // 2 + 1
+    return int(min(max(middle, 1), n_flows - stack_length + 1))
+
+
+def input_positions(stream: str, protocol: str, n_frames: int, n_flows: int,
+                    stack_length: int = 10, stride: int = 1) -> list[int]:
+    """1-based frame indices (spatial) or stack starts (temporal) that a protocol evaluates."""
+    _check_choice("stream", stream, STREAMS)
+    _check_choice("protocol", protocol, PROTOCOLS)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if protocol == "one_frame":
+        return [one_frame_start(n_flows, stack_length)]
+    if stream == "spatial":
+        if n_frames < 1:
+            raise ValueError("a clip without frames cannot be evaluated")
+        return list(range(1, n_frames + 1, stride))
+    if n_flows < stack_length:
+        raise ValueError(f"a clip with {n_flows} flows is too short for a stack of {stack_length}")
+    return list(range(1, n_flows - stack_length + 2, stride))
+
+
+# ----------------------------------------------------------------------------------------
+# Score files
+# ----------------------------------------------------------------------------------------
+@dataclass
+class Scores:
+    """Per-video softmax scores of one stream (or a fusion) under one protocol."""
+
+    video: np.ndarray             # (n,) str, video stems in index order
+    label: np.ndarray             # (n,) int, true class
+    scores: np.ndarray            # (n, n_classes) float32, averaged softmax
+    class_names: list[str]
+    n_inputs: np.ndarray | None = None   # (n,) int, inputs averaged per video
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.video = np.asarray(self.video).astype(str)
+        self.label = np.asarray(self.label, dtype=np.int64)
+        self.scores = np.asarray(self.scores, dtype=np.float32)
+        self.class_names = [str(c) for c in self.class_names]
+        if self.n_inputs is None:
+            self.n_inputs = np.ones(len(self.video), dtype=np.int64)
+        self.n_inputs = np.asarray(self.n_inputs, dtype=np.int64)
+        n = len(self.video)
+        if self.scores.shape != (n, len(self.class_names)) or len(self.label) != n or len(self.n_inputs) != n:
+            raise ValueError(
+                f"inconsistent scores: {n} videos, labels {self.label.shape}, scores "
+                f"{self.scores.shape}, n_inputs {self.n_inputs.shape}, {len(self.class_names)} classes")
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.scores.argmax(axis=1)
+
+    def metrics(self) -> dict:
+        return classification_metrics(self.label, self.scores)
+
+
+def scores_path(cfg: Config, stream: str, protocol: str, subset: str = "test") -> Path:
+    """``<scores_dir>/<stream>_<protocol>.npz``; other subsets get a suffix (``..._val.npz``)."""
+    _check_choice("protocol", protocol, PROTOCOLS)
+    _check_choice("subset", subset, SUBSETS)
+    suffix = "" if subset == "test" else f"_{subset}"
+    return Path(cfg.scores_dir) / f"{stream}_{protocol}{suffix}.npz"
+
+
+def save_scores(path: str | os.PathLike, scores: Scores) -> Path:
+    """Write a score file atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, video=scores.video, label=scores.label, scores=scores.scores,
+                     n_inputs=scores.n_inputs, class_names=np.asarray(scores.class_names, dtype=str),
+                     meta=np.asarray(json.dumps(scores.meta, default=str)))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_scores(path: str | os.PathLike) -> Scores:
+    """Read a score file written by :func:`save_scores`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no score file {path}; run the evaluation of that stream first")
+    with np.load(path, allow_pickle=False) as data:
+        missing = {"video", "label", "scores", "class_names"} - set(data.files)
+        if missing:
+            raise ValueError(f"{path} is not a score file: missing arrays {sorted(missing)}")
+        meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+        n_inputs = data["n_inputs"] if "n_inputs" in data.files else None
+        return Scores(data["video"], data["label"], data["scores"], list(data["class_names"]),
+                      n_inputs, meta)
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics and fusion
+# ----------------------------------------------------------------------------------------
+def classification_metrics(labels: Sequence[int], scores: np.ndarray, k: int = 5) -> dict:
+    """Top-1, top-k and mean per-class accuracy (fractions in [0, 1]) of video scores.
+
+    Mean class accuracy averages the recall of the classes present in ``labels`` (classes
+    without any test video have no accuracy to average). With ``k >= n_classes`` the top-k
+    accuracy is 1 by definition.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    if len(labels) == 0:
+        raise ValueError("no videos to score")
+    n_classes = scores.shape[1]
+    predicted = scores.argmax(axis=1)
+    cm = confusion_matrix(labels, predicted, labels=np.arange(n_classes))
+    present = cm.sum(axis=1) > 0
+    if k >= n_classes:  # every class is in the top k
+        top_k = 1.0
+    else:
+        top_k = top_k_accuracy_score(labels, scores, k=k, labels=np.arange(n_classes))
+    return {
+        "top1": float(accuracy_score(labels, predicted)),
+        f"top{k}": float(top_k),
+        "mean_class": float((cm.diagonal()[present] / cm.sum(axis=1)[present]).mean()),
+        "n_videos": int(len(labels)),
+    }
+
+
+def per_class_accuracy(scores: Scores) -> pd.Series:
+    """Recall of each class (NaN for a class without videos), indexed by class name."""
+    cm = confusion_matrix(scores.label, scores.predicted, labels=np.arange(len(scores.class_names)))
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, cm.diagonal() / np.maximum(support, 1), np.nan)
+    return pd.Series(recall, index=scores.class_names, name="accuracy")
+
+
+def check_aligned(first: Scores, second: Scores) -> None:
+    """Raise unless two score sets cover the same videos, in the same order, with the same classes."""
+    if list(first.class_names) != list(second.class_names):
+        raise ValueError("the score files use different class lists")
+    if len(first) != len(second) or not np.array_equal(first.video, second.video):
+        only_first = sorted(set(first.video.tolist()) - set(second.video.tolist()))
+        only_second = sorted(set(second.video.tolist()) - set(first.video.tolist()))
+        detail = (f"only in the first: {only_first[:5]}{' ...' if len(only_first) > 5 else ''}; "
+                  f"only in the second: {only_second[:5]}{' ...' if len(only_second) > 5 else ''}"
+                  if only_first or only_second else "same videos in a different order")
+        raise ValueError(f"the score files do not cover the same videos ({len(first)} vs "
+                         f"{len(second)}): {detail}; re-run the evaluation of both streams")
+    if not np.array_equal(first.label, second.label):
+        raise ValueError("the score files disagree on the labels of the same videos")
+
+
+def weighted_fusion(spatial: Scores, temporal: Scores, weight: float) -> Scores:
+    """``weight * spatial + (1 - weight) * temporal`` per video (``weight=0.5`` is the average)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
+    check_aligned(spatial, temporal)
+    fused = weight * spatial.scores + (1.0 - weight) * temporal.scores
+    meta = {"fusion": "weighted", "weight": float(weight),
+            "spatial": spatial.meta.get("checkpoint"), "temporal": temporal.meta.get("checkpoint")}
+    return Scores(spatial.video, spatial.label, fused, spatial.class_names,
+                  spatial.n_inputs + temporal.n_inputs, meta)
+
+
+def average_fusion(spatial: Scores, temporal: Scores) -> Scores:
+    """The two-stream paper's fusion: the mean of the two streams' softmax scores."""
+    fused = weighted_fusion(spatial, temporal, 0.5)
+    fused.meta["fusion"] = "average"
+    return fused
+
+
+def choose_fusion_weight(spatial_val: Scores, temporal_val: Scores,
+                         weights: Iterable[float] = FUSION_WEIGHTS) -> tuple[float, pd.DataFrame]:
+    """Pick ``w`` for :func:`weighted_fusion` on validation scores (never on the test split).
+
+    The best ``w`` has the highest top-1 accuracy; ties (common on small validation sets) go
+    to the lower mean negative log-likelihood of the true class, then to the ``w`` closest to
+    0.5. Returns ``(w, table)`` with one row per candidate ``w``.
+    """
+    check_aligned(spatial_val, temporal_val)
+    rows = []
+    for w in weights:
+        fused = weighted_fusion(spatial_val, temporal_val, float(w)).scores
+        true_prob = fused[np.arange(len(fused)), spatial_val.label]
+        rows.append({"weight": float(w),
+                     "top1": float(accuracy_score(spatial_val.label, fused.argmax(axis=1))),
+                     "nll": float(-np.log(np.clip(true_prob, 1e-12, None)).mean())})
+    table = pd.DataFrame(rows)
+    order = table.assign(centre=(table.weight - 0.5).abs()).sort_values(
+        ["top1", "nll", "centre"], ascending=[False, True, True], kind="stable")
+    return float(order.weight.iloc[0]), table
+
+
+# ----------------------------------------------------------------------------------------
+# Running a model over videos
+# ----------------------------------------------------------------------------------------
+InputLoader = Callable[..., Iterator[np.ndarray]]
+
+
+def load_video_inputs(stream: str, frames_path: str | os.PathLike, positions: Sequence[int], *,
+                      image_size: int, stack_length: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Yield the network inputs of one video at ``positions``, at most ``batch_size`` at a time.
+
+    The same centre crop and preprocessing as :func:`utils.generators.spatial_input` /
+    :func:`utils.generators.temporal_input`, but every JPEG of the video is read once: the
+    flows shared by overlapping stacks are kept (as stored uint8) until no later stack needs them.
+    ``positions`` must be increasing.
+    """
+    from utils import generators
+
+    positions = [int(p) for p in positions]
+    if any(b <= a for a, b in zip(positions, positions[1:])):
+        raise ValueError("positions must be strictly increasing")
+    if stream == "spatial":
+        for i in range(0, len(positions), batch_size):
+            yield generators.spatial_inputs_for_video(frames_path, positions[i:i + batch_size], image_size)
+        return
+    flows: dict[int, np.ndarray] = {}  # flow index -> uint8 [H, W, 2] (x, y)
+    for i in range(0, len(positions), batch_size):
+        chunk = positions[i:i + batch_size]
+        for t in range(chunk[0], chunk[-1] + stack_length):
+            if t not in flows:
+                flows[t] = generators.read_flow_uint8(frames_path, t, 1)
+        batch = []
+        for start in chunk:
+            stored = np.concatenate([flows[t] for t in range(start, start + stack_length)], axis=-1)
+            box = generators.centre_crop_box(*stored.shape[:2])
+            batch.append(generators._flow_input(stored, box, image_size, False))
+        for t in [t for t in flows if t <= chunk[-1]]:  # the next stack starts after chunk[-1]
+            del flows[t]
+        yield np.stack(batch)
+
+
+def _predict_function(model) -> Callable[[np.ndarray], np.ndarray]:
+    if hasattr(model, "predict_on_batch"):
+        return lambda x: np.asarray(model.predict_on_batch(x))
+    return lambda x: np.asarray(model(x))
+
+
+def score_videos(model, rows: pd.DataFrame, stream: str, protocol: str, *, n_classes: int,
+                 image_size: int = 224, stack_length: int = 10, stride: int = 1,
+                 batch_size: int = 32, loader: InputLoader = load_video_inputs,
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Average softmax of ``model`` over each video's inputs; returns ``(scores, n_inputs)``.
+
+    ``rows`` needs ``frames_path``, ``n_frames`` and ``n_flows``. Inputs of consecutive
+    videos are packed into batches of ``batch_size`` so the model always sees full batches.
+    ``model`` is a Keras model or any callable from a batch to softmax scores.
+    """
+    predict = _predict_function(model)
+    sums = np.zeros((len(rows), n_classes), dtype=np.float64)
+    counts = np.zeros(len(rows), dtype=np.int64)
+    pending_x: list[np.ndarray] = []
+    pending_owner: list[np.ndarray] = []
+
+    def flush():
+        if not pending_x:
+            return
+        x = np.concatenate(pending_x)
+        owner = np.concatenate(pending_owner)
+        n = len(x)
+        if n < batch_size:  # same shape for every call: compiled predict functions trace once
+            x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
+        probs = np.asarray(predict(x))[:n]
+        if probs.shape != (n, n_classes):
+            raise ValueError(f"the {stream} model returned shape {probs.shape} for {n} "
+                             f"inputs; expected ({n}, {n_classes})")
+        if probs.min() < -1e-6 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+            raise ValueError(f"the {stream} model does not output softmax probabilities "
+                             "(rows must be >= 0 and sum to 1)")
+        np.add.at(sums, owner, probs)
+        np.add.at(counts, owner, 1)
+        pending_x.clear()
+        pending_owner.clear()
+
+    iterator = enumerate(rows.itertuples(index=False))
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, total=len(rows), desc=f"{stream} {protocol}", mininterval=5)
+    n_pending = 0
+    for i, row in iterator:
+        positions = input_positions(stream, protocol, int(row.n_frames), int(row.n_flows),
+                                    stack_length, stride)
+        for x in loader(stream, row.frames_path, positions, image_size=image_size,
+                        stack_length=stack_length, batch_size=batch_size):
+            while len(x):
+                take = min(batch_size - n_pending, len(x))
+                pending_x.append(x[:take])
+                pending_owner.append(np.full(take, i))
+                n_pending += take
+                x = x[take:]
+                if n_pending == batch_size:
+                    flush()
+                    n_pending = 0
+    flush()
+    if (counts == 0).any():
+        raise RuntimeError(f"no inputs were scored for {int((counts == 0).sum())} videos")
+    return (sums / counts[:, None]).astype(np.float32), counts
+
+
+def evaluation_rows(cfg: Config, subset: str = "test", *, index: pd.DataFrame | None = None,
+                    stack_length: int | None = None, allow_missing: bool = False) -> pd.DataFrame:
+    """The videos of ``subset`` for ``cfg.split``, all of them extracted, in index order.
+
+    A video that was not extracted (or is too short for one flow stack) is an error naming it:
+    accuracy on part of the test split is not comparable with anything. ``allow_missing=True``
+    skips such videos with a warning (for experiments only; the score file records how many).
+    """
+    _check_choice("subset", subset, SUBSETS)
+    if index is None:
+        from utils.dataset import build_index
+        index = build_index(cfg)
+    stack_length = stack_length or cfg.stack_length
+    rows = index[index["subset"] == subset].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"no '{subset}' videos in split {cfg.split} of {cfg.data_root}")
+    unusable = (rows["n_frames"] < 1) | (rows["n_flows"] < stack_length)
+    if unusable.any():
+        bad = rows[unusable]
+        names = ", ".join(f"{r.class_name}/{r.video} ({r.n_frames} frames, {r.n_flows} flows)"
+                          for r in bad.head(5).itertuples())
+        message = (f"{len(bad)} of {len(rows)} '{subset}' videos are not extracted under "
+                   f"{cfg.frames_dir} (or have fewer than {stack_length} flows): {names}"
+                   f"{' ...' if len(bad) > 5 else ''}")
+        if not allow_missing:
+            raise FileNotFoundError(message + "; run the extraction (notebook 01) first")
+        warnings.warn(message + "; skipping them because allow_missing=True", stacklevel=2)
+        rows = rows[~unusable].reset_index(drop=True)
+    rows.attrs["n_missing"] = int(unusable.sum())
+    return rows
+
+
+def index_class_names(index: pd.DataFrame) -> list[str]:
+    """Class names ordered by label, from a dataset index (``label``, ``class_name`` columns)."""
+    pairs = index[["label", "class_name"]].drop_duplicates().sort_values("label")
+    if pairs["label"].duplicated().any() or list(pairs["label"]) != list(range(len(pairs))):
+        raise ValueError("the index labels are not 0 ... n_classes - 1, one class name each")
+    return [str(c) for c in pairs["class_name"]]
+
+
+def checkpoint_path(cfg: Config, stream: str, checkpoint: str = "best") -> Path:
+    """``models/<run>/<stream>/best.keras`` (or ``last``), or a given ``.keras`` path."""
+    if checkpoint in ("best", "last"):
+        return Path(cfg.stream_dir(stream)) / f"{checkpoint}.keras"
+    return Path(checkpoint)
+
+
+def load_stream_model(path: str | os.PathLike):
+    """Load a trained stream from its ``.keras`` file (custom layers of utils.models registered).
+
+    The last two models loaded are kept, so scoring the test and the validation videos with the
+    same checkpoint loads it once (a newer file with the same name is loaded again).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint {path}; train that stream first (notebooks 02/03)")
+    return _load_model_cached(str(path.resolve()), path.stat().st_mtime)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model_cached(path: str, mtime: float):
+    import keras
+    try:
+        import utils.models  # noqa: F401  registers any custom layers
+    except ImportError:
+        pass
+    return keras.saving.load_model(path)
+
+
+def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test", *,
+                    model=None, checkpoint: str = "best", stride: int = 1, batch_size: int = 32,
+                    index: pd.DataFrame | None = None, allow_missing: bool = False,
+                    force: bool = False, save_every: int = 50, loader: InputLoader = load_video_inputs,
+                    progress: bool = True) -> Scores:
+    """Score every ``subset`` video with one stream under one protocol and save the score file.
+
+    The model comes from ``checkpoint`` (``"best"``, ``"last"`` or a path) unless ``model`` is
+    given. An existing score file made with the same checkpoint, settings and videos is reused
+    (``force=True`` recomputes); an interrupted run resumes from its last saved progress.
+    ``stride`` only applies to ``"whole_video"``.
+    """
+    _check_choice("stream", stream, STREAMS)
+    _check_choice("protocol", protocol, PROTOCOLS)
+    stride = int(stride) if protocol == "whole_video" else 1
+    ckpt = checkpoint_path(cfg, stream, checkpoint)
+    if model is None:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"no checkpoint {ckpt}; train the {stream} stream first")
+        ckpt_id = {"checkpoint": str(ckpt), "checkpoint_mtime": ckpt.stat().st_mtime}
+    else:
+        ckpt_id = {"checkpoint": "<model given in memory>", "checkpoint_mtime": None}
+        force = True  # an in-memory model cannot be matched against a saved file
+
+    if index is None:
+        from utils.dataset import build_index
+        index = build_index(cfg)
+    classes = index_class_names(index)
+    image_size, stack_length = cfg.image_size, cfg.stack_length
+    rows = evaluation_rows(cfg, subset, index=index, stack_length=stack_length,
+                           allow_missing=allow_missing)
+    settings = {"stream": stream, "protocol": protocol, "subset": subset, "stride": stride,
+                "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
+                "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0), **ckpt_id}
+    out = scores_path(cfg, stream, protocol, subset)
+    partial = out.with_name(out.stem + ".partial.npz")
+    videos = rows["video"].astype(str).to_numpy()
+
+    if not force and out.is_file():
+        done = _load_if_matching(out, settings, videos)
+        if done is not None and len(done) == len(videos):
+            return done
+    previous = None if force or not partial.is_file() else _load_if_matching(partial, settings, videos)
+
+    if model is None:
+        model = load_stream_model(ckpt)
+    image_size, stack_length = _input_geometry(model, stream, image_size, stack_length)
+    settings.update(image_size=image_size, stack_length=stack_length,
+                    flow_method=extraction_method(cfg) or cfg.flow_method)
+
+    scores = np.zeros((len(rows), len(classes)), dtype=np.float32)
+    n_inputs = np.zeros(len(rows), dtype=np.int64)
+    start = 0
+    if previous is not None:
+        start = len(previous)
+        scores[:start], n_inputs[:start] = previous.scores, previous.n_inputs
+    started = time.perf_counter()
+    for first in range(start, len(rows), max(1, save_every)):
+        chunk = rows.iloc[first:first + max(1, save_every)]
+        s, n = score_videos(model, chunk, stream, protocol, n_classes=len(classes),
+                            image_size=image_size, stack_length=stack_length, stride=stride,
+                            batch_size=batch_size, loader=loader, progress=False)
+        end = first + len(chunk)
+        scores[first:end], n_inputs[first:end] = s, n
+        if end < len(rows):
+            save_scores(partial, Scores(videos[:end], rows["label"][:end], scores[:end], classes,
+                                        n_inputs[:end], settings))
+        if progress:
+            print(f"{stream} {protocol} ({subset}): {end}/{len(rows)} videos, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    settings["seconds"] = round(time.perf_counter() - started, 1)
+    result = Scores(videos, rows["label"], scores, classes, n_inputs, settings)
+    save_scores(out, result)
+    partial.unlink(missing_ok=True)
+    return result
+
+
+def _input_geometry(model, stream: str, image_size: int, stack_length: int) -> tuple[int, int]:
+    """Input side and stack length: the model's input shape decides when it has one."""
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, tuple) and len(shape) == 4 and shape[1]:
+        image_size = int(shape[1])
+        if stream == "temporal" and shape[3]:
+            stack_length = int(shape[3]) // 2
+    return image_size, stack_length
+
+
+def extraction_method(cfg: Config) -> str | None:
+    """The flow method recorded by the extraction in ``rawframes/extraction_settings.json``."""
+    path = Path(cfg.frames_dir) / "extraction_settings.json"
+    try:
+        return json.loads(path.read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _load_if_matching(path: Path, settings: dict, videos: np.ndarray) -> Scores | None:
+    """A saved score file if it was made with ``settings`` on a prefix of ``videos``, else None.
+
+    ``settings`` holds what identifies the scores (checkpoint file and time, protocol, stride,
+    subset, ...); the input geometry follows from the checkpoint.
+    """
+    try:
+        saved = load_scores(path)
+    except (OSError, ValueError):
+        return None
+    if any(saved.meta.get(k) != v for k, v in settings.items()):
+        return None
+    if len(saved) > len(videos) or not np.array_equal(saved.video, videos[:len(saved)]):
+        return None
+    return saved
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# Everything a results table needs, from score files only
+# ----------------------------------------------------------------------------------------
+def fusion_results(cfg: Config, protocol: str) -> dict[str, Scores]:
+    """Test scores of both streams and both fusions under ``protocol``, read from score files.
+
+    Keys: ``"spatial"``, ``"temporal"``, ``"average"`` and (when both validation score files
+    exist) ``"weighted"``, whose ``meta["weight"]`` was chosen on the validation videos.
+    Missing stream files are left out.
+    """
+    out: dict[str, Scores] = {}
+    for stream in STREAMS:
+        path = scores_path(cfg, stream, protocol, "test")
+        if path.is_file():
+            out[stream] = load_scores(path)
+    if len(out) == 2:
+        out["average"] = average_fusion(out["spatial"], out["temporal"])
+        val = [scores_path(cfg, s, protocol, "val") for s in STREAMS]
+        if all(p.is_file() for p in val):
+            spatial_val, temporal_val = load_scores(val[0]), load_scores(val[1])
+            weight, table = choose_fusion_weight(spatial_val, temporal_val)
+            out["weighted"] = weighted_fusion(out["spatial"], out["temporal"], weight)
+            out["weighted"].meta.update(n_val=len(spatial_val), weight_search=table.to_dict(orient="list"))
+    return out

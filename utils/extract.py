@@ -1,0 +1,529 @@
+"""Extract RGB frames and optical flow from videos into the mmaction2 "rawframes" layout.
+
+Input: ``<videos_dir>/<class>/<video>.avi|.mp4`` (any size, anything OpenCV can decode).
+Output, per video, ``<out_dir>/<class>/<video_stem>/``::
+
+    img_00001.jpg ... img_NNNNN.jpg                 every decodable frame (colour JPEG)
+    flow_x_00001.jpg ... flow_x_{N-1}.jpg           flow i = frame i -> frame i+1, x component
+    flow_y_00001.jpg ... flow_y_{N-1}.jpg           ... and y component (grayscale, see utils.flow)
+
+A video's folder appears only when it is complete: it is written to a hidden sibling
+``.tmp-<video_stem>-<pid>`` and renamed at the end. So an interrupted run can simply be
+started again: finished videos are skipped, half-written ones are cleaned up and redone.
+Videos that cannot be read are listed in ``<out_dir>/extraction_failures.csv`` (rewritten
+each run) and the run goes on.
+
+Command line (a thin wrapper over :func:`extract_dataset`)::
+
+    python -m utils.extract --dataset demo                    # data/demo/videos -> data/demo/rawframes
+    python -m utils.extract --videos DIR --out DIR --method dis --workers 2 --short-side 256
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import ctypes
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from utils.flow import FLOW_BOUND, check_flow_method, get_flow_method, make_video_flow, quantize_flow
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+FAILURES_FILE = "extraction_failures.csv"
+SETTINGS_FILE = "extraction_settings.json"
+TMP_PREFIX = ".tmp-"
+
+
+class VideoReadError(Exception):
+    """A video that cannot be used; the message is the reason written to the failures file."""
+
+
+# --- settings that must not change between a run and its resumption ----------------------------
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """Everything that changes the bytes written; stored in ``<out_dir>/extraction_settings.json``."""
+
+    method: str = "tvl1"
+    size: tuple[int, int] | None = None        # (width, height) of the stored frames, or None
+    short_side: int | None = None              # resize so the shorter side has this length
+    max_frames: int | None = None              # only the first N decodable frames (quick runs)
+    jpeg_quality: int = 95
+    flow_bound: float = FLOW_BOUND
+    method_options: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["size"] = list(self.size) if self.size else None
+        return data
+
+
+def _check_settings(out_dir: Path, settings: ExtractionSettings) -> None:
+    """Refuse to mix outputs of different settings in one folder; record the settings otherwise."""
+    path = out_dir / SETTINGS_FILE
+    wanted = settings.to_json()
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+            raise ValueError(
+                f"{out_dir} already holds frames extracted with other settings "
+                f"({', '.join(f'{k}: {old!r} there, {new!r} now' for k, (old, new) in changed.items())}). "
+                f"Finished videos would be skipped and the folder would mix both. Delete {out_dir} "
+                f"or extract into another folder."
+            )
+        return
+    _write_atomically(path, json.dumps(wanted, indent=2) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --- finding and reading videos ----------------------------------------------------------------
+def list_videos(videos_dir: str | Path) -> list[Path]:
+    """All ``<class>/<video>`` files with a video extension, sorted (no glob: names hold ``[ ] ( ) !``)."""
+    videos_dir = Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise FileNotFoundError(f"videos folder {videos_dir} does not exist")
+    videos = []
+    for class_entry in os.scandir(videos_dir):
+        if not class_entry.is_dir() or class_entry.name.startswith("."):
+            continue
+        for entry in os.scandir(class_entry.path):
+            if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(VIDEO_EXTENSIONS):
+                videos.append(Path(entry.path))
+    return sorted(videos)
+
+
+def iter_frames(video_path: str | Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Decode a video frame by frame (BGR uint8) until OpenCV stops, or ``max_frames``.
+
+    The frame count in the header is not trusted (HMDB51 AVIs report one frame more than
+    decodes); what counts is what ``read()`` returns. Raises :class:`VideoReadError` with the
+    reason when the file is missing, empty or cannot be opened.
+    """
+    video_path = Path(video_path)
+    if not video_path.is_file():
+        raise VideoReadError("file not found")
+    if video_path.stat().st_size == 0:
+        raise VideoReadError("empty file (0 bytes)")
+    capture = cv2.VideoCapture(str(video_path))
+    try:
+        if not capture.isOpened():
+            raise VideoReadError("OpenCV cannot open it (corrupt file or unsupported format)")
+        count = 0
+        while max_frames is None or count < max_frames:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                break
+            count += 1
+            yield frame
+    finally:
+        capture.release()
+
+
+def count_decodable_frames(video_path: str | Path) -> int:
+    """Number of frames OpenCV actually decodes (0 for unreadable files)."""
+    try:
+        return sum(1 for _ in iter_frames(video_path))
+    except VideoReadError:
+        return 0
+
+
+def output_size(width: int, height: int, size: tuple[int, int] | None = None,
+                short_side: int | None = None) -> tuple[int, int]:
+    """Stored (width, height) for a video of ``width`` x ``height``: native, ``size``, or ``short_side``."""
+    if size is not None and short_side is not None:
+        raise ValueError("give either size or short_side, not both")
+    if size is not None:
+        return int(size[0]), int(size[1])
+    if short_side is not None:
+        scale = short_side / min(width, height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    return width, height
+
+
+# --- one video ---------------------------------------------------------------------------------
+def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return buffer.tobytes()
+
+
+def extract_video(video_path: str | Path, video_out_dir: str | Path, flow_fn=None, *,
+                  settings: ExtractionSettings = ExtractionSettings(), chunk_frames: int | None = None) -> int:
+    """Write one video's frames and flows to ``video_out_dir``; returns the number of frame pairs.
+
+    Writes into a hidden temporary sibling folder and renames it at the end, so
+    ``video_out_dir`` either does not exist or is complete. ``flow_fn`` is a per-video flow
+    callable (``utils.flow.make_video_flow``); by default it is made from ``settings.method``.
+    Frames are decoded and handed to ``flow_fn`` ``chunk_frames`` at a time (default: the
+    method's ``chunk_frames``), so memory stays bounded for long videos. Raises
+    :class:`VideoReadError` for videos with fewer than 2 decodable frames.
+    """
+    video_out_dir = Path(video_out_dir)
+    if flow_fn is None:
+        flow_fn = make_video_flow(settings.method, **settings.method_options)
+    chunk_frames = chunk_frames or get_flow_method(settings.method).chunk_frames
+    tmp_dir = video_out_dir.with_name(f"{TMP_PREFIX}{video_out_dir.name}-{os.getpid()}")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir(parents=True)
+    try:
+        n_frames = 0
+        gray_chunk: list[np.ndarray] = []    # frames whose flow to the next frame is not written yet
+        target = None
+
+        def write_flows(frames: list[np.ndarray], first_index: int) -> None:
+            flows = flow_fn(np.stack(frames))
+            for offset, flow in enumerate(quantize_flow(flows, settings.flow_bound)):
+                index = first_index + offset
+                (tmp_dir / f"flow_x_{index:05d}.jpg").write_bytes(_encode_jpeg(flow[..., 0], settings.jpeg_quality))
+                (tmp_dir / f"flow_y_{index:05d}.jpg").write_bytes(_encode_jpeg(flow[..., 1], settings.jpeg_quality))
+
+        for frame in iter_frames(video_path, settings.max_frames):
+            if target is None:
+                target = output_size(frame.shape[1], frame.shape[0], settings.size, settings.short_side)
+            if (frame.shape[1], frame.shape[0]) != target:
+                shrink = target[0] * target[1] < frame.shape[0] * frame.shape[1]
+                frame = cv2.resize(frame, target, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            n_frames += 1
+            (tmp_dir / f"img_{n_frames:05d}.jpg").write_bytes(_encode_jpeg(frame, settings.jpeg_quality))
+            gray_chunk.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+            if len(gray_chunk) == chunk_frames + 1:
+                write_flows(gray_chunk, n_frames - chunk_frames)
+                gray_chunk = gray_chunk[-1:]       # the last frame starts the next chunk
+        if n_frames == 0:
+            raise VideoReadError("no decodable frames")
+        if n_frames == 1:
+            raise VideoReadError("only 1 decodable frame; optical flow needs at least 2")
+        if len(gray_chunk) > 1:
+            write_flows(gray_chunk, n_frames - len(gray_chunk) + 1)
+        try:
+            os.rename(tmp_dir, video_out_dir)
+        except OSError:
+            if not video_out_dir.is_dir():     # a finished folder already there is fine (a parallel run)
+                raise
+            shutil.rmtree(tmp_dir)
+        return n_frames - 1
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
+# --- worker processes --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Job:
+    video_path: str
+    video_out_dir: str
+    settings: ExtractionSettings
+
+
+@dataclass
+class _Result:
+    video_path: str
+    frame_pairs: int = 0
+    error: str | None = None        # reason the video failed, None when done
+    details: str | None = None      # traceback of unexpected errors
+
+
+_worker_flow_fns: dict = {}
+
+
+def _init_worker(opencv_threads: int) -> None:
+    """Run in each worker process: one OpenCV thread each; die with the parent (Linux)."""
+    cv2.setNumThreads(opencv_threads)
+    if sys.platform.startswith("linux"):
+        try:   # PR_SET_PDEATHSIG: a killed parent takes its workers with it instead of orphaning them
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _method_key(settings: ExtractionSettings) -> tuple[str, str]:
+    return settings.method, json.dumps(settings.method_options, sort_keys=True)
+
+
+def _run_job(job: _Job) -> _Result:
+    """Extract one video; never raises (the failure reason is returned instead)."""
+    key = _method_key(job.settings)
+    try:
+        if key not in _worker_flow_fns:     # build each flow method once per process
+            _worker_flow_fns[key] = make_video_flow(job.settings.method, **job.settings.method_options)
+        pairs = extract_video(job.video_path, job.video_out_dir, _worker_flow_fns[key], settings=job.settings)
+        return _Result(job.video_path, frame_pairs=pairs)
+    except VideoReadError as error:
+        return _Result(job.video_path, error=str(error))
+    except Exception as error:  # noqa: BLE001 - one bad video must not stop a dataset run
+        return _Result(job.video_path, error=f"{type(error).__name__}: {error}", details=traceback.format_exc())
+
+
+def _clean_stale_tmp(out_dir: Path) -> int:
+    """Remove ``.tmp-*`` folders left by runs that were killed (their process no longer exists)."""
+    removed = 0
+    if not out_dir.is_dir():
+        return removed
+    for class_entry in os.scandir(out_dir):
+        if not class_entry.is_dir() or class_entry.name.startswith("."):
+            continue
+        for entry in os.scandir(class_entry.path):
+            if entry.name.startswith(TMP_PREFIX) and not _pid_alive(entry.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _pid_alive(pid_text: str) -> bool:
+    if not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(pid_text) != os.getpid()
+
+
+# --- a whole dataset ---------------------------------------------------------------------------
+@dataclass
+class ExtractionSummary:
+    """What one :func:`extract_dataset` call did."""
+
+    out_dir: Path
+    method: str
+    workers: int
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    frame_pairs: int = 0            # flow pairs computed in this run (done videos only)
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)   # (video path, reason)
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.frame_pairs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def seconds_per_pair(self) -> float:
+        return self.seconds / self.frame_pairs if self.frame_pairs else float("nan")
+
+    def __str__(self) -> str:
+        text = (f"{self.done} done, {self.skipped} skipped (already there), {self.failed} failed; "
+                f"{self.frame_pairs} frame pairs in {self.seconds:.1f} s "
+                f"({self.pairs_per_second:.1f} pairs/s, method {self.method}, {self.workers} worker(s))")
+        if self.failures:
+            text += f"; failures listed in {self.out_dir / FAILURES_FILE}"
+        return text
+
+
+def default_workers(method: str) -> int:
+    """One worker per available core for OpenCV methods; 1 for in-process batched methods."""
+    if check_flow_method(method).batched:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _resolve_videos(videos_dir: Path, videos: Iterable[str | Path] | None) -> list[Path]:
+    if videos is None:
+        return list_videos(videos_dir)
+    return [p if Path(p).is_absolute() else videos_dir / p for p in map(Path, videos)]
+
+
+def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "tvl1",
+                    workers: int | None = None, *, videos: Iterable[str | Path] | None = None,
+                    size: tuple[int, int] | None = None, short_side: int | None = None,
+                    max_frames: int | None = None, jpeg_quality: int = 95,
+                    method_options: dict | None = None, opencv_threads: int = 1,
+                    progress: bool = True) -> ExtractionSummary:
+    """Extract frames and flow for every ``<class>/<video>`` under ``videos_dir`` into ``out_dir``.
+
+    Resumable: videos whose output folder exists are skipped. ``videos`` restricts the run to
+    these paths (relative to ``videos_dir`` or absolute; e.g. the ones listed in the split
+    files); a listed video that does not exist is recorded as a failure. Per-process methods
+    run in ``workers`` spawned processes (default: one per core) with ``opencv_threads`` OpenCV
+    threads each; in-process batched methods run in this process. Returns an
+    :class:`ExtractionSummary`; failures are also written to ``<out_dir>/extraction_failures.csv``.
+    """
+    start = time.perf_counter()
+    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    flow_method = check_flow_method(method)             # e.g. missing opencv-contrib: fail here, early
+    workers = default_workers(method) if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if flow_method.batched and workers > 1:
+        log.warning("method %r runs batched in this process; ignoring workers=%d", method, workers)
+        workers = 1
+    settings = ExtractionSettings(method=method, size=tuple(size) if size else None, short_side=short_side,
+                                  max_frames=max_frames, jpeg_quality=jpeg_quality,
+                                  method_options=dict(method_options or {}))
+    output_size(1, 1, settings.size, settings.short_side)   # validates size vs short_side
+    video_paths = _resolve_videos(videos_dir, videos)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(out_dir, settings)
+    stale = _clean_stale_tmp(out_dir)
+    if stale:
+        log.info("removed %d unfinished video folder(s) left by an interrupted run", stale)
+
+    summary = ExtractionSummary(out_dir=out_dir, method=method, workers=workers)
+    jobs, seen = [], set()
+    for path in video_paths:
+        video_out_dir = out_dir / path.parent.name / path.stem
+        if video_out_dir in seen:
+            summary.failures.append((str(path), f"another video in {path.parent.name}/ has the same name stem {path.stem!r}"))
+        elif video_out_dir.is_dir():
+            summary.skipped += 1
+        else:
+            jobs.append(_Job(str(path), str(video_out_dir), settings))
+        seen.add(video_out_dir)
+
+    if flow_method.batched and jobs:   # build it here, once, so its device can be logged
+        key = _method_key(settings)
+        if key not in _worker_flow_fns:
+            _worker_flow_fns[key] = make_video_flow(method, **settings.method_options)
+        device = getattr(_worker_flow_fns[key], "device", "in this process")
+    else:
+        device = f"CPU, {workers} process(es) x {opencv_threads} OpenCV thread(s)"
+    log.info("extracting %d video(s) (%d already done) from %s to %s; flow method %r (%s, %s)",
+             len(jobs), summary.skipped, videos_dir, out_dir, method, flow_method.execution, device)
+
+    with tqdm(total=len(jobs), unit="video", desc=f"frames+flow ({method})", disable=not progress or not jobs,
+              dynamic_ncols=True) as bar:
+        for result in _run_jobs(jobs, workers, opencv_threads):
+            if result.error is None:
+                summary.done += 1
+                summary.frame_pairs += result.frame_pairs
+            else:
+                summary.failures.append((result.video_path, result.error))
+                log.warning("failed: %s: %s%s", result.video_path, result.error,
+                            f"\n{result.details}" if result.details else "")
+            bar.update()
+            bar.set_postfix(pairs=summary.frame_pairs, failed=len(summary.failures))
+
+    summary.failed = len(summary.failures)
+    _write_failures(out_dir / FAILURES_FILE, summary.failures)
+    summary.seconds = time.perf_counter() - start
+    log.info("%s", summary)
+    return summary
+
+
+def _run_jobs(jobs: Sequence[_Job], workers: int, opencv_threads: int) -> Iterator[_Result]:
+    """Results as they complete: in this process for workers=1, else in spawned processes."""
+    if workers == 1 or len(jobs) <= 1:
+        previous_threads = cv2.getNumThreads()
+        cv2.setNumThreads(opencv_threads)
+        try:
+            for job in jobs:
+                yield _run_job(job)
+        finally:
+            cv2.setNumThreads(previous_threads)
+        return
+    context = multiprocessing.get_context("spawn")    # safe with threads, CUDA and notebooks
+    pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                                                  initializer=_init_worker, initargs=(opencv_threads,))
+    try:
+        futures = [pool.submit(_run_job, job) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+    except BaseException:
+        # Interrupted (Ctrl-C, the stop button of a notebook, an error): stop the workers now.
+        # Their unfinished videos stay in hidden .tmp- folders, removed by the next run.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
+    with open(tmp, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["video", "reason"])
+        writer.writerows(sorted(failures))
+    os.replace(tmp, path)
+
+
+# --- command line ------------------------------------------------------------------------------
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 340x256, got {text!r}") from None
+    return width, height
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from utils.flow import FLOW_METHODS
+    parser = argparse.ArgumentParser(
+        prog="python -m utils.extract", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--dataset", help="demo | hmdb51 | PATH: take --videos/--out from utils.config.Config")
+    parser.add_argument("--videos", type=Path, help="folder of <class>/<video> files")
+    parser.add_argument("--out", type=Path, help="output folder (<class>/<video>/img_*.jpg, flow_[xy]_*.jpg)")
+    parser.add_argument("--method", default="tvl1", choices=sorted(FLOW_METHODS), help="optical flow method")
+    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
+    parser.add_argument("--opencv-threads", type=int, default=1, help="OpenCV threads per process")
+    resize = parser.add_mutually_exclusive_group()
+    resize.add_argument("--short-side", type=int, help="resize so the shorter side has this length")
+    resize.add_argument("--size", type=_parse_size, help="resize to WxH, e.g. 340x256 (default: native size)")
+    parser.add_argument("--max-frames", type=int, help="only the first N frames of each video (quick runs)")
+    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--list", type=Path, dest="video_list",
+                        help="text file of videos to extract, one <class>/<file> per line (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns 0 when every video was extracted, 1 if some failed, 2 on bad usage."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dataset:
+        from utils.config import Config
+        cfg = Config(dataset=args.dataset)
+        args.videos = args.videos or cfg.videos_dir
+        args.out = args.out or cfg.frames_dir
+    if args.videos is None or args.out is None:
+        parser.error("give --dataset, or both --videos and --out")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    videos = None
+    if args.video_list:
+        videos = [line.strip() for line in args.video_list.read_text().splitlines() if line.strip()]
+    try:
+        summary = extract_dataset(args.videos, args.out, args.method, args.workers, videos=videos,
+                                  size=args.size, short_side=args.short_side, max_frames=args.max_frames,
+                                  jpeg_quality=args.jpeg_quality, opencv_threads=args.opencv_threads,
+                                  progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

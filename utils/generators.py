@@ -1,0 +1,511 @@
+"""Network inputs from extracted rawframes: RGB frames for the spatial stream, flow stacks for the temporal one.
+
+Two ``keras.utils.PyDataset`` classes feed ``model.fit`` / ``model.evaluate``:
+
+* :class:`SpatialFrames` - one RGB frame per video (or ``frames_per_video``), ``float32[B, S, S, 3]``,
+  preprocessed for the backbone (default: ResNet50's caffe-style ``preprocess_input``).
+* :class:`FlowStacks` - ``L`` consecutive flow fields per video, ``float32[B, S, S, 2L]``.
+
+Both yield ``(x, y)`` with ``y`` the integer labels, and both take the rows of the index
+DataFrame they should use (``index[index.subset == "train"]``, ...). Only the columns
+``frames_path``, ``label``, ``n_frames`` and ``n_flows`` are read (plus ``subset``, if present,
+for the guard that keeps the test split out of training).
+
+Geometry (the same at training and test time, so the network never sees a squashed frame):
+
+* **Training**: a square crop whose side is ``short_side * s`` with ``s`` drawn from
+  ``TRAIN_CROP_SCALES = (1, .875, .75, .66)`` (TSN's scale jitter, Wang et al. 2016), placed at a
+  corner or the centre (``crop_positions="corners"``, TSN's "fixed crops") or anywhere
+  (``"uniform"``), resized to ``image_size``, and flipped left-right half of the time.
+* **Evaluation**: the centre crop of side ``short_side * 0.875``, resized to ``image_size``.
+  0.875 is about the mean training scale ((1 + .875 + .75 + .66) / 4 = 0.82; the middle two are
+  .875 and .75), so objects have the same size in pixels at test time as on average in training.
+
+Flow stacks
+-----------
+Channels are ordered ``x1, y1, x2, y2, ..., xL, yL`` (flow ``t`` = frame ``t -> t+1``, ``x`` to the
+right, ``y`` down). Each channel has its mean over the crop subtracted (Simonyan & Zisserman's
+"mean flow subtraction", a cheap camera-motion compensation), then is divided by the storage
+bound (``FLOW_BOUND`` = 20 px), so values are in units of 20 px and lie in [-2, 2] (in practice
+within a few tenths of 0). The magnitudes are not rescaled when a crop is resized (as in TSN):
+displacements stay "pixels of the stored video".
+
+A left-right flip of a flow field mirrors its columns **and negates the x component**: a hand
+moving right moves left in the mirror. ``y`` is unchanged.
+
+Reproducibility
+---------------
+Every random choice of batch ``b`` in epoch ``e`` comes from ``numpy.random.default_rng([seed,
+e, b])``, and the visiting order of epoch ``e`` from ``default_rng([seed, e])``. So a batch does
+not depend on which worker thread/process builds it or in which order; the same seed gives the
+same batches, and ``on_epoch_end`` moves to the next epoch (new order, new crops). Keras'
+``fit`` also calls ``on_epoch_end`` once before its first epoch (TensorFlow and JAX backends),
+so its epoch ``i`` trains on draws ``i + 1``; to resume, call ``data.set_epoch(initial_epoch)``
+before ``fit(..., initial_epoch=initial_epoch)`` and the resumed epochs see the same draws as an
+uninterrupted run. (``fit`` additionally shuffles the order of whole batches with Python's
+``random``; ``keras.utils.set_random_seed`` fixes that, or pass ``shuffle=False``.)
+
+Raw loaders (``read_frame``, ``read_flow_stack``) build file names as ``img_{i:05d}.jpg`` /
+``flow_x_{i:05d}.jpg`` / ``flow_y_{i:05d}.jpg``; HMDB51 video names contain ``[ ] ( ) ! + &`` so
+nothing here ever globs.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import keras
+import numpy as np
+
+from utils.flow import FLOW_BOUND, dequantize_flow, flow_to_color
+
+TRAIN_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)   # crop side / short side, TSN's multi-scale crop
+EVAL_CROP_SCALE = 0.875                        # deterministic centre crop at evaluation
+CROP_POSITIONS = ("corners", "uniform")
+CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)   # ResNet50's preprocessing
+
+Preprocess = Callable[[np.ndarray], np.ndarray]
+PathLike = str | os.PathLike
+
+
+def default_preprocess(x: np.ndarray) -> np.ndarray:
+    """ResNet50's own preprocessing (caffe style: RGB -> BGR, minus the ImageNet mean, no scaling)."""
+    return keras.applications.resnet50.preprocess_input(x)
+
+
+# ----------------------------------------------------------------------------------------
+# Raw loaders
+# ----------------------------------------------------------------------------------------
+def frame_file(frames_path: PathLike, i: int) -> Path:
+    """``<frames_path>/img_{i:05d}.jpg`` (``i`` is 1-based)."""
+    return Path(frames_path) / f"img_{int(i):05d}.jpg"
+
+
+def flow_files(frames_path: PathLike, i: int) -> tuple[Path, Path]:
+    """``(flow_x_{i:05d}.jpg, flow_y_{i:05d}.jpg)`` in ``frames_path`` (flow ``i`` = frame ``i -> i+1``)."""
+    folder = Path(frames_path)
+    return folder / f"flow_x_{int(i):05d}.jpg", folder / f"flow_y_{int(i):05d}.jpg"
+
+
+def _imread(path: Path, flags: int) -> np.ndarray:
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        state = "exists but cannot be decoded" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"cannot read {path}: the file {state}")
+    return image
+
+
+def read_frame(frames_path: PathLike, i: int) -> np.ndarray:
+    """RGB frame ``i`` (1-based) of an extracted video as ``uint8[H, W, 3]``."""
+    if int(i) < 1:
+        raise ValueError(f"frame indices are 1-based, got {i} for {frames_path}")
+    return cv2.cvtColor(_imread(frame_file(frames_path, i), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def read_flow_uint8(frames_path: PathLike, start: int, stack_length: int = 10) -> np.ndarray:
+    """Stored (quantised) flows ``start .. start+L-1`` as ``uint8[H, W, 2L]``, channels x1, y1, ..., xL, yL."""
+    if int(start) < 1:
+        raise ValueError(f"flow indices are 1-based, got start={start} for {frames_path}")
+    planes = []
+    for t in range(int(start), int(start) + stack_length):
+        for path in flow_files(frames_path, t):
+            planes.append(_imread(path, cv2.IMREAD_GRAYSCALE))
+    return np.stack(planes, axis=-1)
+
+
+def read_flow_stack(frames_path: PathLike, start: int, stack_length: int = 10) -> np.ndarray:
+    """Flows ``start .. start+L-1`` (1-based) in pixels, ``float32[H, W, 2L]``, channels x1, y1, ..., xL, yL.
+
+    No cropping, no flipping, no mean subtraction: what extraction stored (up to JPEG error).
+    """
+    return dequantize_flow(read_flow_uint8(frames_path, start, stack_length), FLOW_BOUND)
+
+
+# ----------------------------------------------------------------------------------------
+# Geometry and the per-input transforms
+# ----------------------------------------------------------------------------------------
+def centre_crop_box(height: int, width: int, scale: float = EVAL_CROP_SCALE) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the centred square crop of side ``round(short_side * scale)``."""
+    side = max(1, int(round(min(height, width) * scale)))
+    return (height - side) // 2, (width - side) // 2, side
+
+
+def random_crop_box(height: int, width: int, rng: np.random.Generator,
+                    scales: Sequence[float] = TRAIN_CROP_SCALES,
+                    positions: str = "corners") -> tuple[int, int, int]:
+    """``(top, left, side)`` of a TSN-style random square crop.
+
+    ``side = round(short_side * s)`` with ``s`` drawn from ``scales``; the crop sits at one of the
+    four corners or the centre (``positions="corners"``) or anywhere (``"uniform"``).
+    """
+    side = max(1, int(round(min(height, width) * scales[rng.integers(len(scales))])))
+    slack_y, slack_x = height - side, width - side
+    if positions == "corners":
+        fy, fx = ((0, 0), (0, 2), (2, 0), (2, 2), (1, 1))[rng.integers(5)]   # in halves of the slack
+        return slack_y * fy // 2, slack_x * fx // 2, side
+    if positions == "uniform":
+        return int(rng.integers(slack_y + 1)), int(rng.integers(slack_x + 1)), side
+    raise ValueError(f"crop positions must be one of {CROP_POSITIONS}, got {positions!r}")
+
+
+def _crop_resize(image: np.ndarray, box: tuple[int, int, int], image_size: int) -> np.ndarray:
+    top, left, side = box
+    crop = image[top:top + side, left:left + side]
+    if side == image_size:
+        return np.ascontiguousarray(crop)
+    out = cv2.resize(crop, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    return out.reshape(image_size, image_size, image.shape[-1])
+
+
+def flip_flow(stack: np.ndarray) -> np.ndarray:
+    """Left-right mirror of a flow stack ``[..., H, W, 2L]`` (x1, y1, ...): columns reversed, x negated."""
+    flipped = stack[..., :, ::-1, :].copy()   # axis -2 = columns (W), never axis -3 (rows)
+    flipped[..., 0::2] *= -1.0                # x components change sign; y components do not
+    return flipped
+
+
+def _channel_means(stack: np.ndarray) -> np.ndarray:
+    """Per-channel mean of ``[H, W, C]`` (= ``stack.mean(axis=(0, 1))``, summing rows first: ~3x faster)."""
+    height, width, channels = stack.shape
+    column_sums = stack.reshape(height, width * channels).sum(axis=0)
+    return column_sums.reshape(width, channels).sum(axis=0) / np.float32(height * width)
+
+
+def normalize_flow_stack(stack_px: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
+    """Subtract each channel's mean over the image, divide by ``bound``: px -> units of 20 px, centred."""
+    stack = np.array(stack_px, dtype=np.float32)               # a copy: the caller's array is kept
+    stack -= stack.mean(axis=(-3, -2), keepdims=True)
+    stack /= np.float32(bound)
+    return stack
+
+
+def _frame_input(frame_rgb: np.ndarray, box, image_size: int, flip: bool) -> np.ndarray:
+    """Crop + resize + optional mirror of one RGB frame; float32, not yet preprocessed."""
+    x = _crop_resize(frame_rgb, box, image_size)
+    if flip:
+        x = x[:, ::-1]
+    return x.astype(np.float32)
+
+
+def _flow_input(flow_uint8: np.ndarray, box, image_size: int, flip: bool) -> np.ndarray:
+    """Crop + resize + dequantise + optional flip + mean subtraction of one stored flow stack.
+
+    The same steps as ``normalize_flow_stack(flip_flow(dequantize_flow(crop)))``, with fewer copies.
+    """
+    top, left, side = box
+    crop = flow_uint8[top:top + side, left:left + side]
+    if flip:
+        crop = crop[:, ::-1]                                    # mirror the columns ...
+    stack = _crop_resize(crop.astype(np.float32), (0, 0, side), image_size)
+    stack = dequantize_flow(stack, FLOW_BOUND)
+    if flip:
+        stack[..., 0::2] *= -1.0                                # ... and negate x (y unchanged)
+    stack -= _channel_means(stack)
+    stack /= np.float32(FLOW_BOUND)
+    return stack
+
+
+def undo_preprocessing(x: np.ndarray) -> np.ndarray:
+    """Caffe-preprocessed frame(s) (BGR minus the ImageNet mean) -> ``uint8`` RGB, for plots."""
+    x = np.asarray(x, dtype=np.float32) + CAFFE_BGR_MEAN
+    return np.clip(np.rint(x[..., ::-1]), 0, 255).astype(np.uint8)
+
+
+def flow_stack_to_color(stack: np.ndarray, pair: int = 0, max_magnitude: float | None = None) -> np.ndarray:
+    """Colour picture (uint8 RGB) of flow pair ``pair`` (0-based) of a network-ready stack ``[H, W, 2L]``."""
+    flow = np.stack([stack[..., 2 * pair], stack[..., 2 * pair + 1]], axis=-1) * np.float32(FLOW_BOUND)
+    return flow_to_color(flow, max_magnitude)
+
+
+# ----------------------------------------------------------------------------------------
+# Deterministic helpers for evaluation
+# ----------------------------------------------------------------------------------------
+def spatial_input(frames_path: PathLike, frame: int, image_size: int = 224, *, flip: bool = False,
+                  preprocess: Preprocess = default_preprocess) -> np.ndarray:
+    """Network input for frame ``frame`` (1-based): centre crop, resized, preprocessed ``float32[S, S, 3]``."""
+    rgb = read_frame(frames_path, frame)
+    x = _frame_input(rgb, centre_crop_box(*rgb.shape[:2]), image_size, flip)
+    return np.asarray(preprocess(x[None]), dtype=np.float32)[0]
+
+
+def temporal_input(frames_path: PathLike, start: int, image_size: int = 224, stack_length: int = 10, *,
+                   flip: bool = False) -> np.ndarray:
+    """Network input for the flow stack starting at flow ``start`` (1-based): centre crop, ``float32[S, S, 2L]``.
+
+    Channels x1, y1, ..., xL, yL, each mean-subtracted and in units of ``FLOW_BOUND`` (20 px).
+    """
+    flow = read_flow_uint8(frames_path, start, stack_length)
+    return _flow_input(flow, centre_crop_box(*flow.shape[:2]), image_size, flip)
+
+
+def spatial_inputs_for_video(frames_path: PathLike, frames: Sequence[int], image_size: int = 224, *,
+                             flip: bool = False, preprocess: Preprocess = default_preprocess) -> np.ndarray:
+    """:func:`spatial_input` for several frames of one video at once: ``float32[N, S, S, 3]``."""
+    cache: dict[int, np.ndarray] = {}
+    out = np.empty((len(frames), image_size, image_size, 3), np.float32)
+    for n, frame in enumerate(frames):
+        if frame not in cache:
+            rgb = read_frame(frames_path, frame)
+            cache[frame] = _frame_input(rgb, centre_crop_box(*rgb.shape[:2]), image_size, flip)
+        out[n] = cache[frame]
+    return np.asarray(preprocess(out), dtype=np.float32)
+
+
+def temporal_inputs_for_video(frames_path: PathLike, starts: Sequence[int], image_size: int = 224,
+                              stack_length: int = 10, *, flip: bool = False) -> np.ndarray:
+    """:func:`temporal_input` for several starts of one video: ``float32[N, S, S, 2L]``.
+
+    Each flow JPEG is read once even when the stacks overlap (stride 1 reuses 9 of 10 flows).
+    """
+    needed = sorted({t for s in starts for t in range(int(s), int(s) + stack_length)})
+    planes = {t: read_flow_uint8(frames_path, t, 1) for t in needed}     # uint8 [H, W, 2] per flow
+    out = np.empty((len(starts), image_size, image_size, 2 * stack_length), np.float32)
+    for n, s in enumerate(starts):
+        flow = np.concatenate([planes[t] for t in range(int(s), int(s) + stack_length)], axis=-1)
+        out[n] = _flow_input(flow, centre_crop_box(*flow.shape[:2]), image_size, flip)
+    return out
+
+
+def evenly_spaced(n_positions: int, count: int) -> np.ndarray:
+    """``count`` 1-based positions out of ``1..n_positions``: centres of ``count`` equal segments (TSN).
+
+    ``count=1`` gives the middle position. Used for the frames/starts of evaluation.
+    """
+    if n_positions < 1 or count < 1:
+        raise ValueError(f"need n_positions >= 1 and count >= 1, got {n_positions}, {count}")
+    return 1 + np.floor((np.arange(count) + 0.5) * n_positions / count).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------
+# The PyDatasets
+# ----------------------------------------------------------------------------------------
+def _video_name(frames_path: PathLike) -> str:
+    path = Path(frames_path)
+    return f"{path.parent.name}/{path.name}"
+
+
+class _VideoBatches(keras.utils.PyDataset):
+    """Shared logic: checks on the rows, epoch-seeded order and RNG, batching."""
+
+    stream = "?"
+
+    def __init__(self, index, *, training: bool, image_size: int, batch_size: int, items_per_video: int,
+                 seed: int, crop_scales: Sequence[float], crop_positions: str, **pydataset_kwargs):
+        super().__init__(**pydataset_kwargs)
+        required = {"frames_path", "label", "n_frames", "n_flows"}
+        missing = sorted(required - set(index.columns))
+        if missing:
+            raise ValueError(f"{type(self).__name__}: the index has no column(s) {missing}; "
+                             f"build it with utils.dataset.build_index")
+        if len(index) == 0:
+            raise ValueError(f"{type(self).__name__}: the index has no rows")
+        if training and "subset" in index.columns and (index["subset"] == "test").any():
+            found = sorted(map(str, index["subset"].unique()))
+            raise ValueError(f"{type(self).__name__}(training=True) was given rows with subset values "
+                             f"{found}; the test split must never reach training code. Pass "
+                             f"index[index.subset == 'train'] (or 'val' for validation, with training=False).")
+        not_extracted = index[index["n_frames"] <= 0]
+        if len(not_extracted):
+            shown = "; ".join(f"{_video_name(p)} (folder {p})" for p in not_extracted["frames_path"].iloc[:5])
+            raise ValueError(f"{len(not_extracted)} video(s) have no extracted frames (n_frames == 0), "
+                             f"e.g. {shown}. Run utils.extract first or drop them with index[index.n_frames > 0].")
+        if crop_positions not in CROP_POSITIONS:
+            raise ValueError(f"crop_positions must be one of {CROP_POSITIONS}, got {crop_positions!r}")
+        if items_per_video < 1 or batch_size < 1 or image_size < 1:
+            raise ValueError("items per video, batch_size and image_size must be >= 1")
+        self.training = bool(training)
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.items_per_video = int(items_per_video)
+        self.seed = int(seed)
+        self.crop_scales = tuple(float(s) for s in crop_scales)
+        self.crop_positions = crop_positions
+        self.frames_paths = [str(p) for p in index["frames_path"]]
+        self.labels = index["label"].to_numpy(dtype=np.int32)
+        self.n_frames = index["n_frames"].to_numpy(dtype=np.int64)
+        self.n_flows = index["n_flows"].to_numpy(dtype=np.int64)
+        # One item = (row, slot); slot j < items_per_video says which evenly spaced position to use at evaluation.
+        n_items = len(self.labels) * self.items_per_video
+        self._rows = np.repeat(np.arange(len(self.labels)), self.items_per_video)
+        self._slots = np.tile(np.arange(self.items_per_video), len(self.labels))
+        self.n_items = n_items
+        self.set_epoch(0)
+
+    # --- epochs --------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s order and random draws (call with ``initial_epoch`` when resuming ``fit``)."""
+        self.epoch = int(epoch)
+        if self.training:
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items)
+        else:
+            self._order = np.arange(self.n_items)
+
+    def on_epoch_end(self):
+        """Keras calls this after each epoch: next epoch, new order, new crops (training only)."""
+        if self.training:
+            self.set_epoch(self.epoch + 1)
+
+    # --- batches -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return math.ceil(self.n_items / self.batch_size)
+
+    def __getitem__(self, batch_index: int):
+        if not 0 <= batch_index < len(self):
+            raise IndexError(f"batch {batch_index} out of range (0..{len(self) - 1})")
+        items = self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, batch_index]) if self.training else None
+        x = np.stack([self._load(self._rows[i], self._slots[i], rng) for i in items])
+        return self._finish(x), self.labels[self._rows[items]]
+
+    def _box(self, height: int, width: int, rng):
+        if rng is None:
+            return centre_crop_box(height, width)
+        return random_crop_box(height, width, rng, self.crop_scales, self.crop_positions)
+
+    def _load(self, row: int, slot: int, rng) -> np.ndarray:
+        raise NotImplementedError
+
+    def _finish(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+class SpatialFrames(_VideoBatches):
+    """RGB frames for the spatial stream: ``(float32[B, S, S, 3], int32[B])`` batches.
+
+    Args:
+        index: rows of the index DataFrame to use (one subset), with ``frames_path``, ``label``,
+            ``n_frames``, ``n_flows``.
+        training: ``True``: shuffled order, a random frame per video and random crop / flip,
+            all redrawn each epoch. ``False``: index order, evenly spaced frames (the middle one
+            when ``frames_per_video=1``), centre crop; identical on every pass.
+        frames_per_video: items per video per epoch (each its own random frame when training).
+        preprocess: the backbone's preprocessing, applied to a float32 RGB batch in 0..255
+            (default ResNet50's caffe-style ``preprocess_input``; see :func:`undo_preprocessing`).
+        crop_scales, crop_positions: the training scale jitter (see :func:`random_crop_box`).
+        **pydataset_kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
+    """
+
+    stream = "spatial"
+
+    def __init__(self, index, *, training: bool, image_size: int = 224, batch_size: int = 32,
+                 frames_per_video: int = 1, seed: int = 0, preprocess: Preprocess = default_preprocess,
+                 crop_scales: Sequence[float] = TRAIN_CROP_SCALES, crop_positions: str = "corners",
+                 **pydataset_kwargs):
+        super().__init__(index, training=training, image_size=image_size, batch_size=batch_size,
+                         items_per_video=frames_per_video, seed=seed, crop_scales=crop_scales,
+                         crop_positions=crop_positions, **pydataset_kwargs)
+        self.preprocess = preprocess
+
+    def _load(self, row, slot, rng):
+        n = int(self.n_frames[row])
+        if rng is None:
+            frame = int(evenly_spaced(n, self.items_per_video)[slot])
+            flip = False
+        else:
+            frame = int(rng.integers(1, n + 1))
+            flip = bool(rng.integers(2))
+        rgb = read_frame(self.frames_paths[row], frame)
+        return _frame_input(rgb, self._box(*rgb.shape[:2], rng), self.image_size, flip)
+
+    def _finish(self, x):
+        return np.asarray(self.preprocess(x), dtype=np.float32)
+
+
+class FlowStacks(_VideoBatches):
+    """Stacks of ``L`` optical flows for the temporal stream: ``(float32[B, S, S, 2L], int32[B])`` batches.
+
+    Channels x1, y1, ..., xL, yL; each mean-subtracted over the crop and divided by 20 px (see the
+    module docstring). Training draws the start uniformly in ``[1, n_flows - L + 1]``, a random
+    crop (the same for all 2L channels) and a left-right flip that also negates x; evaluation
+    uses evenly spaced starts (the middle one when ``stacks_per_video=1``) and the centre crop.
+    Videos with fewer than ``L`` flows are an error (HMDB51's shortest clips have ~19 frames).
+    Other arguments as :class:`SpatialFrames`.
+    """
+
+    stream = "temporal"
+
+    def __init__(self, index, *, training: bool, image_size: int = 224, stack_length: int = 10,
+                 batch_size: int = 32, stacks_per_video: int = 1, seed: int = 0,
+                 crop_scales: Sequence[float] = TRAIN_CROP_SCALES, crop_positions: str = "corners",
+                 **pydataset_kwargs):
+        super().__init__(index, training=training, image_size=image_size, batch_size=batch_size,
+                         items_per_video=stacks_per_video, seed=seed, crop_scales=crop_scales,
+                         crop_positions=crop_positions, **pydataset_kwargs)
+        self.stack_length = int(stack_length)
+        short = [(p, n) for p, n in zip(self.frames_paths, self.n_flows) if n < self.stack_length]
+        if short:
+            shown = "; ".join(f"{_video_name(p)} has {n} (folder {p})" for p, n in short[:5])
+            raise ValueError(f"{len(short)} video(s) have fewer than stack_length={self.stack_length} flows: "
+                             f"{shown}. Drop them (index[index.n_flows >= {self.stack_length}]) or use a "
+                             f"shorter stack.")
+
+    def _load(self, row, slot, rng):
+        n_starts = int(self.n_flows[row]) - self.stack_length + 1
+        if rng is None:
+            start = int(evenly_spaced(n_starts, self.items_per_video)[slot])
+            flip = False
+        else:
+            start = int(rng.integers(1, n_starts + 1))
+            flip = bool(rng.integers(2))
+        flow = read_flow_uint8(self.frames_paths[row], start, self.stack_length)
+        return _flow_input(flow, self._box(*flow.shape[:2], rng), self.image_size, flip)
+
+
+# ----------------------------------------------------------------------------------------
+# Notebook helpers
+# ----------------------------------------------------------------------------------------
+def show_batch(x: np.ndarray, y: np.ndarray, class_names: Sequence[str] | None = None, *,
+               max_items: int = 8, pair: int = 0):
+    """Matplotlib figure of the first ``max_items`` inputs of a batch with their labels.
+
+    Frames (3 channels) are shown after :func:`undo_preprocessing`; flow stacks (2L channels)
+    as the colour picture of flow pair ``pair`` (hue = direction, brightness = speed).
+    """
+    import matplotlib.pyplot as plt
+
+    n = min(max_items, len(x))
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), squeeze=False)
+    for ax, xi, yi in zip(axes[0], x[:n], y[:n]):
+        picture = undo_preprocessing(xi) if xi.shape[-1] == 3 else flow_stack_to_color(xi, pair)
+        ax.imshow(picture)
+        ax.set_title(class_names[int(yi)] if class_names is not None else str(int(yi)), fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Micro-benchmark
+# ----------------------------------------------------------------------------------------
+def benchmark_generators(index, *, image_size: int = 224, stack_length: int = 10, batch_size: int = 16,
+                         n_batches: int = 4, workers: int = 1, seed: int = 0) -> dict[str, float]:
+    """Training-time input speed: samples/s of one worker, and of ``workers`` threads together.
+
+    Builds training :class:`SpatialFrames` and :class:`FlowStacks` on ``index`` (no test rows)
+    and times ``n_batches`` batches after one warm-up batch. Returns a dict with
+    ``frames_per_s`` / ``stacks_per_s`` (one worker) and, if ``workers > 1``,
+    ``frames_per_s_total`` / ``stacks_per_s_total`` (threads, as ``PyDataset(workers=...)`` uses).
+    """
+    datasets = {
+        "frames": SpatialFrames(index, training=True, image_size=image_size, batch_size=batch_size, seed=seed),
+        "stacks": FlowStacks(index, training=True, image_size=image_size, stack_length=stack_length,
+                             batch_size=batch_size, seed=seed),
+    }
+    result: dict[str, float] = {"image_size": float(image_size), "batch_size": float(batch_size)}
+    for name, data in datasets.items():
+        batches = [b % len(data) for b in range(1, n_batches + 1)]
+        data[0]                                                        # warm-up (imports, caches)
+        started = time.perf_counter()
+        count = sum(len(data[b][1]) for b in batches)
+        result[f"{name}_per_s"] = count / (time.perf_counter() - started)
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                started = time.perf_counter()
+                count = sum(len(y) for _, y in pool.map(lambda b: data[b], batches * workers))
+                result[f"{name}_per_s_total"] = count / (time.perf_counter() - started)
+    return result

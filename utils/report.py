@@ -1,0 +1,406 @@
+"""The results table and figures of a run, made from score files and training histories only.
+
+:func:`write_report` reads ``report/<run>/scores/*.npz`` (written by :mod:`utils.evaluation`) and
+``models/<run>/<stream>/history.csv`` (written by training) - never a model - and writes
+
+- ``report/<run>/results.md`` and ``results.csv`` (copied to ``report/results.md|csv``): top-1
+  accuracy of each stream and fusion under both protocols, top-5 and mean class accuracy, the
+  settings of the run, and the reference figures of earlier work side by side;
+- ``report/<run>/figures/``: confusion matrix (fusion, whole video), per-class accuracy of each
+  stream, training curves of both streams.
+
+Figures are plain ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot state), so
+the same code works headless and in notebooks.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from utils import config as config_module
+from utils.config import Config
+from utils.evaluation import PROTOCOLS, STREAMS, Scores, classification_metrics, fusion_results, \
+    per_class_accuracy
+
+NETWORKS = {  # key in evaluation.fusion_results -> row of the course's table
+    "spatial": "Spatial ResNet-50",
+    "temporal": "Temporal",
+    "average": "Fusion (average)",
+    "weighted": "Fusion (weighted, w from validation)",
+}
+PROTOCOL_NAMES = {"one_frame": "One frame", "whole_video": "Whole video"}
+
+# Top-1 accuracy (%) on HMDB51 reported elsewhere: context for this run's figures, not results of it.
+REFERENCE_RESULTS = pd.DataFrame([
+    ("Earlier student work (this course)", "Spatial ResNet-50", 39.0, 45.0, "HMDB51"),
+    ("Earlier student work (this course)", "Temporal", 25.8, None, "HMDB51"),
+    ("Earlier student work (this course)", "Fusion (average)", 38.0, None, "HMDB51"),
+    ("Simonyan & Zisserman 2014", "Spatial (CNN-M-2048, ImageNet)", None, 40.5,
+     "mean of 3 splits; 25 frames x 10 crops per video"),
+    ("Simonyan & Zisserman 2014", "Temporal (flow stacking, L=10)", None, 54.6,
+     "mean of 3 splits; flow net multi-task trained on UCF101 + HMDB51"),
+    ("Simonyan & Zisserman 2014", "Fusion (average)", None, 58.0, "mean of 3 splits"),
+    ("Wang et al. 2016 (TSN)", "Two streams, BN-Inception", None, 69.0,
+     "~69, mean of 3 splits; ImageNet-only pretraining"),
+], columns=["source", "network", "one_frame", "whole_video", "notes"])
+
+
+# ----------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------
+def collect_results(cfg: Config) -> dict[str, dict[str, Scores]]:
+    """``{protocol: {network: Scores}}`` for the protocols whose score files exist."""
+    return {protocol: fusion_results(cfg, protocol) for protocol in PROTOCOLS}
+
+
+def results_table(results: dict[str, dict[str, Scores]]) -> pd.DataFrame:
+    """One row per (network, protocol) with accuracies in percent, in the course's row order."""
+    rows = []
+    for key, name in NETWORKS.items():
+        for protocol in PROTOCOLS:
+            scores = results.get(protocol, {}).get(key)
+            if scores is None:
+                continue
+            m = classification_metrics(scores.label, scores.scores)
+            rows.append({
+                "network": name, "protocol": protocol,
+                "top1": round(100 * m["top1"], 2), "top5": round(100 * m["top5"], 2),
+                "mean_class": round(100 * m["mean_class"], 2), "n_videos": m["n_videos"],
+                "fusion_weight": scores.meta.get("weight") if key in ("average", "weighted") else None,
+                "stride": _stream_meta(results[protocol], key, "stride"),
+                "checkpoint": _stream_meta(results[protocol], key, "checkpoint"),
+            })
+    return pd.DataFrame(rows, columns=["network", "protocol", "top1", "top5", "mean_class", "n_videos",
+                                       "fusion_weight", "stride", "checkpoint"])
+
+
+def top1_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """The course's table: rows = networks, columns = protocols, cells = top-1 % (NaN when missing)."""
+    grid = table.pivot(index="network", columns="protocol", values="top1") if len(table) else pd.DataFrame()
+    return grid.reindex(index=list(NETWORKS.values()), columns=list(PROTOCOLS))
+
+
+def _stream_meta(results: dict[str, Scores], key: str, name: str):
+    if key in STREAMS:
+        return results[key].meta.get(name)
+    values = {results[s].meta.get(name) for s in STREAMS if s in results}
+    return values.pop() if len(values) == 1 else " / ".join(map(str, sorted(values, key=str)))
+
+
+def _cell(value, digits: int = 1) -> str:
+    return "NA" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (no extra dependency such as tabulate)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def load_history(cfg: Config, stream: str) -> pd.DataFrame | None:
+    """``models/<run>/<stream>/history.csv`` (Keras CSVLogger format), or None if absent."""
+    path = Path(cfg.stream_dir(stream)) / "history.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------
+def confusion_matrix_figure(scores: Scores, title: str = "") -> Figure:
+    """Row-normalised confusion matrix (true class x predicted class) of video scores."""
+    from sklearn.metrics import confusion_matrix
+
+    n = len(scores.class_names)
+    cm = confusion_matrix(scores.label, scores.predicted, labels=np.arange(n), normalize="true")
+    side = min(16.0, 3.0 + 0.25 * n)
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="share of the class's videos")
+    font = max(4, min(9, 300 // n))
+    ax.set_xticks(range(n), scores.class_names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), scores.class_names, fontsize=font)
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j] > 0:
+                    ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy_figure(results: dict[str, Scores], title: str = "") -> Figure:
+    """Per-class accuracy of each stream and fusion (grouped horizontal bars, sorted by fusion)."""
+    series = {NETWORKS[k]: per_class_accuracy(s) for k, s in results.items() if k in NETWORKS}
+    frame = pd.DataFrame(series) * 100
+    sort_by = next((NETWORKS[k] for k in ("average", "spatial", "temporal") if NETWORKS[k] in frame), None)
+    if sort_by is not None:
+        frame = frame.sort_values(sort_by)
+    n = len(frame)
+    fig = Figure(figsize=(8, max(3.0, 1.0 + 0.22 * n * max(1, len(series)) / 2)))
+    ax = fig.add_subplot()
+    height = 0.8 / max(1, len(series))
+    for i, name in enumerate(frame.columns):
+        offset = ((len(series) - 1) / 2 - i) * height  # first series on top, as in the legend
+        ax.barh(np.arange(n) + offset, frame[name].fillna(0), height, label=name)
+    ax.set_yticks(range(n), frame.index, fontsize=max(5, min(9, 400 // max(n, 1))))
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%) on the class's test videos")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(histories: dict[str, pd.DataFrame | None], title: str = "") -> Figure:
+    """Accuracy and loss per epoch (training and validation) of each stream's history.csv."""
+    histories = {k: v for k, v in histories.items() if v is not None and len(v)}
+    fig = Figure(figsize=(10, 3.2 * max(1, len(histories))))
+    if not histories:
+        fig.text(0.5, 0.5, "no training history found", ha="center")
+        return fig
+    axes = fig.subplots(len(histories), 2, squeeze=False)
+    for row, (stream, history) in zip(axes, histories.items()):
+        epochs = np.arange(1, len(history) + 1)
+        for ax, metric in zip(row, ("accuracy", "loss")):
+            for column, style in ((metric, "-"), (f"val_{metric}", "--")):
+                if column in history:
+                    ax.plot(epochs, history[column], style, marker=".", label=column)
+            if "phase" in history:  # training in phases (e.g. head warm-up, then fine-tuning)
+                changes = np.flatnonzero(history["phase"].to_numpy()[1:] != history["phase"].to_numpy()[:-1])
+                for c in changes:
+                    ax.axvline(c + 1.5, color="grey", lw=0.8, ls=":")
+            ax.set_title(f"{stream} stream: {metric}")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def fusion_weight_figure(search: pd.DataFrame, chosen: float, title: str = "") -> Figure:
+    """Validation top-1 accuracy (and NLL) of ``w * spatial + (1 - w) * temporal`` against ``w``."""
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.add_subplot()
+    ax.plot(search["weight"], 100 * search["top1"], marker=".", label="validation top-1 (%)")
+    ax.axvline(chosen, color="C2", ls="--", label=f"chosen w = {chosen:.2f}")
+    ax.axvline(0.5, color="grey", ls=":", label="plain average (w = 0.5)")
+    ax.set_xlabel("w (weight of the spatial stream)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    if "nll" in search:
+        other = ax.twinx()
+        other.plot(search["weight"], search["nll"], color="C1", alpha=0.6, label="validation NLL")
+        other.set_ylabel("mean negative log-likelihood", color="C1")
+    ax.legend(fontsize=8, loc="lower center")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def protocol_figure(n_frames: int, stack_length: int = 10, stride: int = 1) -> Figure:
+    """Which frames and flow stacks each protocol feeds the two streams, for a clip of ``n_frames``."""
+    from utils.evaluation import input_positions
+
+    n_flows = n_frames - 1
+    rows = [("one frame: spatial", "spatial", "one_frame"), ("one frame: temporal", "temporal", "one_frame"),
+            ("whole video: spatial", "spatial", "whole_video"), ("whole video: temporal", "temporal", "whole_video")]
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.add_subplot()
+    for y, (name, stream, protocol) in enumerate(reversed(rows)):
+        y = 1.5 * y
+        positions = input_positions(stream, protocol, n_frames, n_flows, stack_length, stride)
+        if stream == "spatial":
+            ax.scatter(positions, [y] * len(positions), marker="s", s=18, color="C0")
+        else:
+            for k, start in enumerate(positions):  # one bar per stack, flows start ... start + L - 1
+                offset = 0.4 - 0.8 * k / max(1, len(positions) - 1) if len(positions) > 1 else 0
+                ax.plot([start, start + stack_length - 1], [y + offset] * 2, color="C1", lw=1.5)
+    ax.set_yticks(1.5 * np.arange(len(rows)), [r[0] for r in reversed(rows)])
+    ax.set_xlim(0.5, n_frames + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"frame / flow index (clip of {n_frames} frames, {n_flows} flows; "
+                  f"stacks of L = {stack_length}, stride {stride})")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def show_figure(fig: Figure, dpi: int = 100) -> None:
+    """Display a figure in a notebook as a PNG (works whatever matplotlib backend is active)."""
+    import io
+
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    display(Image(data=buffer.getvalue()))
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a figure as PNG atomically (Agg canvas, no pyplot)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
+def write_figures(cfg: Config, results: dict[str, dict[str, Scores]] | None = None) -> dict[str, Path]:
+    """The report's figures in ``report/<run>/figures/``; returns ``{name: path}`` of those made."""
+    results = collect_results(cfg) if results is None else results
+    folder = Path(cfg.report_dir) / "figures"
+    made = {}
+    for protocol in PROTOCOLS:
+        res = results.get(protocol, {})
+        label = PROTOCOL_NAMES[protocol].lower()
+        if "average" in res:
+            made[f"confusion_{protocol}"] = save_figure(
+                confusion_matrix_figure(res["average"], f"Fusion (average), {label}: confusion matrix"),
+                folder / f"confusion_fusion_{protocol}.png")
+        if res:
+            shown = {k: v for k, v in res.items() if k != "weighted"}
+            made[f"per_class_{protocol}"] = save_figure(
+                per_class_accuracy_figure(shown, f"Per-class accuracy, {label}"),
+                folder / f"per_class_accuracy_{protocol}.png")
+        if "weighted" in res and res["weighted"].meta.get("weight_search"):
+            made[f"fusion_weight_{protocol}"] = save_figure(
+                fusion_weight_figure(pd.DataFrame(res["weighted"].meta["weight_search"]),
+                                     res["weighted"].meta["weight"],
+                                     f"Fusion weight chosen on validation, {label}"),
+                folder / f"fusion_weight_{protocol}.png")
+    histories = {s: load_history(cfg, s) for s in STREAMS}
+    if any(h is not None for h in histories.values()):
+        made["training_curves"] = save_figure(
+            training_curves_figure(histories, f"Training curves, {cfg.run_name}"),
+            folder / "training_curves.png")
+    return made
+
+
+# ----------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------
+def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[str, Scores]],
+                    settings: dict | None = None, figures: dict[str, Path] | None = None,
+                    figures_prefix: str = "figures/") -> str:
+    """The text of ``results.md``."""
+    grid = top1_grid(table)
+    any_scores = next((s for res in results.values() for s in res.values()), None)
+    n_test = {p: len(next(iter(res.values()))) for p, res in results.items() if res}
+    lines = [f"# Two-stream results: {cfg.dataset_name}, split {cfg.split}", ""]
+    lines += ["Top-1 accuracy (%) over the test videos of the split, computed from the per-video "
+              f"scores in `report/{cfg.run_name}/scores/`. Regenerate with `utils.report.write_report`.", ""]
+    course = pd.DataFrame({"Network": grid.index,
+                           **{PROTOCOL_NAMES[p]: [_cell(v) for v in grid[p]] for p in PROTOCOLS}})
+    lines += [markdown_table(course), ""]
+
+    if len(table):
+        detail = table.assign(
+            protocol=table.protocol.map(PROTOCOL_NAMES),
+            top1=table.top1.map(_cell), top5=table.top5.map(_cell), mean_class=table.mean_class.map(_cell),
+            fusion_weight=table.fusion_weight.map(lambda w: "" if w is None or pd.isna(w) else f"{w:.2f}"))
+        detail = detail[["network", "protocol", "top1", "top5", "mean_class", "n_videos", "fusion_weight"]]
+        detail.columns = ["Network", "Protocol", "Top-1", "Top-5", "Mean class", "Test videos", "w (spatial)"]
+        lines += ["## Top-1, top-5 and mean class accuracy (%)", "", markdown_table(detail), ""]
+
+    lines += ["## Settings", ""]
+    lines.append(f"- dataset: `{cfg.dataset_name}` (`{_relative(cfg.data_root)}`), split {cfg.split}")
+    if any_scores is not None:
+        lines.append(f"- classes: {len(any_scores.class_names)}; test videos: " + ", ".join(
+            f"{n} ({PROTOCOL_NAMES[p].lower()})" for p, n in n_test.items()))
+        meta = any_scores.meta
+        lines.append(f"- input: {meta.get('image_size', cfg.image_size)} px centre crop; flow stacks of "
+                     f"L = {meta.get('stack_length', cfg.stack_length)} "
+                     f"({meta.get('flow_method', cfg.flow_method)} flow)")
+        missing = {m for res in results.values() for s in res.values() for m in [s.meta.get("n_missing")] if m}
+        if missing:
+            lines.append(f"- **partial test split**: {max(missing)} test videos were not extracted and were skipped")
+    lines.append("- one frame: per video, the flow stack starting at "
+                 "`clamp(n_flows // 2 - L // 2 + 1, 1, n_flows - L + 1)` and the RGB frame at the same index")
+    for protocol, res in results.items():
+        if protocol == "whole_video" and res:
+            strides = {s.meta.get("stride") for k, s in res.items() if k in STREAMS}
+            lines.append(f"- whole video: every frame and every stack (start 1 ... n_flows - L + 1), "
+                         f"stride {', '.join(map(str, sorted(strides, key=str)))}, softmax averaged per video")
+        if "weighted" in res:
+            search = res["weighted"].meta.get("weight_search", {})
+            n_val = res["weighted"].meta.get("n_val")
+            lines.append(f"- fusion weight ({PROTOCOL_NAMES[protocol].lower()}): w = "
+                         f"{res['weighted'].meta['weight']:.2f} for the spatial stream, chosen among "
+                         f"{len(search.get('weight', []))} values on the validation videos"
+                         + (f" ({n_val} videos)" if n_val else ""))
+    for stream in STREAMS:
+        ckpts = {res[stream].meta.get("checkpoint") for res in results.values() if stream in res}
+        history = load_history(cfg, stream)
+        epochs = f", {len(history)} epochs trained" if history is not None else ""
+        if ckpts:
+            lines.append(f"- {stream} checkpoint: " + ", ".join(f"`{_relative(c)}`" for c in sorted(ckpts, key=str))
+                         + epochs)
+    for name, value in (settings or {}).items():
+        lines.append(f"- {name}: `{value!r}`")
+    lines.append("")
+
+    lines += ["## Reference figures (not this run)", "",
+              "Top-1 accuracy (%) on HMDB51 reported elsewhere, for comparison with the table above.", ""]
+    ref = REFERENCE_RESULTS.assign(one_frame=REFERENCE_RESULTS.one_frame.map(_cell),
+                                   whole_video=REFERENCE_RESULTS.whole_video.map(_cell))
+    ref.columns = ["Source", "Network", "One frame", "Whole video", "Notes"]
+    lines += [markdown_table(ref), ""]
+
+    if figures:
+        lines += ["## Figures", ""]
+        for name, path in figures.items():
+            lines += [f"![{name}]({figures_prefix}{Path(path).name})", ""]
+    return "\n".join(lines)
+
+
+def _relative(path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(config_module.REPO_ROOT))
+    except (ValueError, TypeError, OSError):
+        return str(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(cfg: Config, settings: dict | None = None, *, figures: bool = True,
+                 publish: bool = True) -> Path:
+    """Write ``report/<run>/results.md|csv`` (+ figures); with ``publish``, copy both to ``report/``.
+
+    ``settings``: extra settings to list (e.g. the notebook's parameters). Works with whatever
+    score files exist (missing cells read NA). Returns the path of ``report/<run>/results.md``.
+    """
+    results = collect_results(cfg)
+    table = results_table(results)
+    made = write_figures(cfg, results) if figures else {}
+    run_dir = Path(cfg.report_dir)
+    md_path, csv_path = run_dir / "results.md", run_dir / "results.csv"
+    _write_text(md_path, report_markdown(cfg, table, results, settings, made))
+    csv = table.assign(dataset=cfg.dataset_name, split=cfg.split)
+    _write_text(csv_path, csv.to_csv(index=False))
+    if publish:
+        top = Path(config_module.REPORT_DIR)
+        _write_text(top / "results.md", report_markdown(cfg, table, results, settings, made,
+                                                        figures_prefix=f"{cfg.run_name}/figures/"))
+        shutil.copyfile(csv_path, top / "results.csv")
+    return md_path
