@@ -119,6 +119,7 @@ def test_read_flow_stack_channel_order_is_x1_y1_to_xL_yL(index, start):
 # ----------------------------------------------------------------------------------------
 # Single-input helpers (evaluation)
 # ----------------------------------------------------------------------------------------
+@pytest.mark.backend_smoke
 def test_temporal_input_is_centred_scaled_and_not_transposed(index):
     start = 3
     x = g.temporal_input(index.frames_path[0], start, SIZE, L)
@@ -136,6 +137,7 @@ def test_temporal_input_is_centred_scaled_and_not_transposed(index):
         np.testing.assert_allclose(difference, flow_y(t) / FLOW_BOUND, atol=0.02)
 
 
+@pytest.mark.backend_smoke
 def test_flip_mirrors_columns_and_negates_only_x(index):
     """The historical bugs: a 'horizontal' flip done along the rows, and a flip that forgets to negate x."""
     stack = g.read_flow_stack(index.frames_path[0], 2, L)
@@ -216,6 +218,7 @@ def test_evenly_spaced_and_crop_boxes():
 # ----------------------------------------------------------------------------------------
 # The PyDatasets
 # ----------------------------------------------------------------------------------------
+@pytest.mark.backend_smoke
 def test_spatial_frames_shapes_labels_and_eval_frames(train):
     data = g.SpatialFrames(train, training=False, image_size=SIZE, batch_size=3, frames_per_video=2)
     assert len(data) == math.ceil(4 * 2 / 3) == 3
@@ -231,6 +234,7 @@ def test_spatial_frames_shapes_labels_and_eval_frames(train):
         data[3]
 
 
+@pytest.mark.backend_smoke
 def test_flow_stacks_shapes_and_middle_start(train):
     data = g.FlowStacks(train, training=False, image_size=SIZE, batch_size=4)
     x, y = data[0]
@@ -240,6 +244,7 @@ def test_flow_stacks_shapes_and_middle_start(train):
     np.testing.assert_array_equal(x[0], g.temporal_input(train.frames_path[0], middle, SIZE, L))
 
 
+@pytest.mark.backend_smoke
 def test_evaluation_is_deterministic(train):
     for cls in (g.SpatialFrames, g.FlowStacks):
         data = cls(train, training=False, image_size=SIZE, batch_size=3)
@@ -340,6 +345,7 @@ def tiny_model(channels):
     return model
 
 
+@pytest.mark.backend_smoke
 def test_fit_with_two_worker_threads_new_draws_each_epoch_and_resume(train):
     """Smoke test through Keras' threaded enqueuer; every epoch gets new draws; resuming repeats them."""
     keras.utils.set_random_seed(0)

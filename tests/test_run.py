@@ -105,6 +105,9 @@ def test_failing_notebook_is_named_and_run_stops(tmp_path, capsys):
     assert (out / "00_ok.ipynb").is_file() and (out / "01_fails.ipynb").is_file()
     assert not (notebooks / "ran_02.txt").exists() and not (out / "02_never.ipynb").exists()
     assert "00_ok.ipynb done in" in captured.out
+    injected = [c.source for c in nbformat.read(out / "00_ok.ipynb", as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "value = 7" in injected[0] and "typo" not in injected[0]
 
 
 def test_quick_preset_names_are_notebook_parameters():

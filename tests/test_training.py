@@ -66,12 +66,18 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
 
     # "Crash" after the CSV row of epoch 1 but before its checkpoint: that row must not survive.
     pd.concat([history, history.assign(epoch=1)]).to_csv(tmp_path / "history.csv", index=False)
+    # The best score so far survives too: with an impossible one, nothing may overwrite best.keras.
+    state = json.loads((tmp_path / "state.json").read_text())
+    (tmp_path / "state.json").write_text(json.dumps({**state, "best": 2.0}))
+    best_written = (tmp_path / "best.keras").stat().st_mtime_ns
 
     resumed = _tiny_temporal(seed=2)
-    history = training.train_temporal(resumed, train, val, tmp_path, epochs=2, **kw)
+    history = training.train_temporal(resumed, train, val, tmp_path, epochs=2, **{**kw, "verbose": 2})
     assert history["epoch"].tolist() == [0, 1]
     assert int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)) == 2 * steps
     assert training.read_state(tmp_path)["epochs_done"] == 2
+    assert (tmp_path / "best.keras").stat().st_mtime_ns == best_written
+    assert not list(tmp_path.glob("*.tmp*"))
     assert (history["phase"] == "train").all() and np.isfinite(history["loss"]).all()
     lr = history["learning_rate"].to_numpy()
     np.testing.assert_allclose(lr, [training.cosine_schedule(0.05, 0, 2)(e) for e in (0, 1)], rtol=1e-5)
@@ -87,19 +93,6 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
     # resume=False starts over.
     history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, resume=False, **kw)
     assert history["epoch"].tolist() == [0]
-
-
-def test_best_checkpoint_threshold_survives_a_resume(tmp_path):
-    train, val = _arrays(8), _arrays(4, seed=1)
-    kw = dict(learning_rate=0.05, batch_size=4, verbose=0, patience=None)
-    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, **kw)
-    state = json.loads((tmp_path / "state.json").read_text())
-    state["best"] = 2.0                    # an impossible accuracy: nothing may overwrite best.keras now
-    (tmp_path / "state.json").write_text(json.dumps(state))
-    before = (tmp_path / "best.keras").stat().st_mtime_ns
-    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, **kw)
-    assert (tmp_path / "best.keras").stat().st_mtime_ns == before
-    assert (tmp_path / "last.keras").stat().st_mtime_ns > before
 
 
 # ----------------------------------------------------------------------------------------
@@ -177,8 +170,9 @@ def test_small_temporal_model_overfits_real_clips(real_rawframes, tmp_path):
     assert len(data) == 1
     keras.utils.set_random_seed(0)
     model = models.build_temporal_model(len(index), image_size=48, stack_length=10, width=0.125, dropout=0.0)
-    history = training.train_temporal(model, data, data, tmp_path, epochs=30, learning_rate=0.02,
-                                      patience=None, verbose=0)
+    # AdamW memorises these 20 inputs in ~15 steps; SGD (momentum 0.9) needs ~25-30
+    history = training.train_temporal(model, data, data, tmp_path, epochs=20, learning_rate=1e-3,
+                                      optimizer="adamw", patience=None, verbose=0)
     shown = history[["epoch", "loss", "accuracy", "val_accuracy"]].to_string()
     assert history["accuracy"].iloc[-1] >= 0.9 - 1e-6, shown                    # training mode (batch statistics)
     _, accuracy, *_ = model.evaluate(data, verbose=0)
@@ -206,10 +200,10 @@ def test_mixed_precision_keeps_the_softmax_in_float32():
         model = models.build_temporal_model(3, image_size=32, stack_length=2, width=0.125, dropout=0.0)
         assert model.get_layer("conv1_conv").compute_dtype == "float16"
         assert model.get_layer("predictions").compute_dtype == "float32"
-        training.compile_model(model, run_eagerly=True)
+        training.compile_model(model, run_eagerly=keras.backend.backend() != "jax")
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         x, y = _arrays(4)
-        loss = float(np.asarray(model.train_on_batch(x, y)))
+        loss = float(model.train_on_batch(x, y, return_dict=True)["loss"])
         assert np.isfinite(loss)
         assert np.asarray(model.predict_on_batch(x)).dtype == np.float32
     finally:
@@ -238,9 +232,9 @@ def test_data_parallel_trains_on_two_jax_cpu_devices(tmp_path):
         assert len(kernel.value.sharding.device_set) == 2      # replicated on both devices
         rng = np.random.default_rng(0)
         x = rng.normal(0, 0.3, (8, 32, 32, 4)).astype("float32"); y = np.arange(8) % 3
-        history = training.train_temporal(model, (x, y), (x, y), {str(tmp_path)!r}, epochs=2,
+        history = training.train_temporal(model, (x, y), (x[:6], y[:6]), {str(tmp_path)!r}, epochs=1,
                                           learning_rate=0.05, batch_size=4, patience=None, verbose=0)
-        assert history["epoch"].tolist() == [0, 1] and np.isfinite(history["loss"]).all()
+        assert history["epoch"].tolist() == [0] and np.isfinite(history["loss"]).all()
         print("DATA_PARALLEL_OK", info["distribution"]["devices"])
     """)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",

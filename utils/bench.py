@@ -18,16 +18,18 @@ Stages (``--stages``, comma separated; ``all`` by default):
 * ``tvl1keras``    TV-L1 written in Keras ops (``utils/tvl1_keras.py``) vs OpenCV: speed and parity.
 * ``extract``      ``utils.extract.extract_dataset`` end to end, projected to the full HMDB51.
 * ``generators``   samples per second of ``SpatialFrames`` / ``FlowStacks``, one worker and N.
-* ``models``       training and inference samples per second of both streams on the Keras backend
-                   in use (a GPU if Keras sees one); GPU rows are "not measured" on a CPU machine.
+* ``models``       training and inference samples per second of both streams, built, compiled and
+                   batched as the ``hmdb51`` (224 px) and ``demo`` presets of ``utils.training``, on
+                   the Keras backend in use (a GPU if Keras sees one; TensorFlow is not required);
+                   GPU rows are "not measured" on a machine without one.
 * ``eval``         whole-video evaluation (``utils.evaluation.score_videos``), videos per second.
 * ``demo``         the built-in demo data set: making it and extracting it, timed.
 
 Every figure is a throughput or a ratio measured within one run, after a short warm-up, over at
 least ``--min-time`` seconds. Figures from another machine (e.g. a GPU box) are merged in::
 
-    python -m utils.bench --stages models,generators --csv-only $OUT/gpu.csv     # on the GPU box
-    python -m utils.bench --merge gpu.csv                                        # here
+    python -m utils.bench --stages generators,models,eval,tvl1keras --csv-only gpu.csv   # on the GPU box
+    python -m utils.bench --merge gpu.csv                                               # here
 
 Each run updates ``benchmarks.csv``: rows of the stages it ran on this machine are replaced,
 everything else (other stages, other machines) is kept; ``--fresh`` starts from an empty table.
@@ -51,7 +53,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -370,7 +372,7 @@ class Bench:
         self.log = log
         self.cores = usable_cores()
         self.rows: list[Row] = []
-        self.flows: dict[tuple[str, str], np.ndarray] = {}     # (GT pair, method) -> float flow
+        self.flows: dict[tuple[str, str], tuple[np.ndarray, float]] = {}   # (GT pair, method) -> (flow, ms)
         self.rawframes: dict[str, Path] = {}                   # method -> extracted rawframes folder
         self.recommended: dict | None = None
 
@@ -729,11 +731,14 @@ class Bench:
         from utils.generators import FlowStacks, SpatialFrames
         index = self.rawframes_index(self.s.stack_length)
         size, batch = 224, self.s.generator_batch
-        self.log(f"generators: {len(index)} clip(s), {size}x{size}, batch {batch}")
+        per_clip = math.ceil(2 * batch / len(index))      # at least two full batches per epoch
+        self.log(f"generators: {len(index)} clip(s) x {per_clip} inputs, {size}x{size}, batch {batch}")
         datasets = {
-            "SpatialFrames": SpatialFrames(index, training=True, image_size=size, batch_size=batch),
-            f"FlowStacks (L={self.s.stack_length})": FlowStacks(index, training=True, image_size=size,
-                                                                stack_length=self.s.stack_length, batch_size=batch),
+            "SpatialFrames": SpatialFrames(index, training=True, image_size=size, batch_size=batch,
+                                           frames_per_video=per_clip),
+            f"FlowStacks (L={self.s.stack_length})": FlowStacks(index, training=True, image_size=size, batch_size=batch,
+                                                                stack_length=self.s.stack_length,
+                                                                stacks_per_video=per_clip),
         }
         for name, data in datasets.items():
             counter = iter(range(10**9))
@@ -745,9 +750,7 @@ class Bench:
             single = items / seconds
             setting = f"1 worker, {size}x{size}, batch {batch}"
             self.add(_row("generators", name, setting, "samples_per_s", single))
-            for workers in sorted({2, self.cores, 2 * self.cores} - {1}):
-                if workers > 2 * self.cores:
-                    continue
+            for workers in [w for w in _worker_grid(2 * self.cores) if w > 1]:
                 n_batches = max(2 * workers, math.ceil(single * workers * self.s.min_time / batch))
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(lambda b: data[b % len(data)], range(workers)))      # warm-up
@@ -875,7 +878,7 @@ class Bench:
                     break
             inputs_rate = inputs / seconds
             per_clip = MEAN_PAIRS_PER_CLIP + 1 if stream == "spatial" else MEAN_PAIRS_PER_CLIP - self.s.stack_length + 1
-            setting = f"{size}x{size}, batch {batch}, clips of {cap} frames"
+            setting = f"{size}x{size}, batch {batch}, clips of {index.n_frames.mean():.0f} frames"
             self.add(
                 _row("eval", stream, setting, "videos_per_s", runs * len(index) / seconds, device=device),
                 _row("eval", stream, setting, "inputs_per_s", inputs_rate, device=device,
@@ -1391,16 +1394,30 @@ class Report:
             demo = (f"{format_value(make.value + extract.value)} s ({format_value(make.value)} s + "
                     f"{format_value(extract.value)} s; {extract.setting})")
         body.append(["Demo data set: make it + extract frames and flow", demo, "", ""])
+        demo_total = [make.value + extract.value] if demo != NOT_MEASURED else []
+        demo_gpu_total = []
         for stream in ("spatial", "temporal"):
             row = self.find("demo", f"{stream} training", "schedule_hours", machine=p)
             epoch = self.find("demo", f"{stream} training", "epoch_minutes", machine=p)
-            text = NOT_MEASURED
+            text, gpu_text = NOT_MEASURED, NOT_MEASURED
             if row and row.value:
+                demo_total.append(row.value * 3600)
                 text = f"{format_value(row.value * 60)} min*"
                 if epoch and epoch.value:
                     text += f" ({format_value(epoch.value * 60)} s per epoch; {row.setting})"
+                cpu_rate = self.find("models", stream, "train_samples_per_s", machine=p, device_prefix="CPU",
+                                     setting_prefix="demo preset")
+                gpu_rate = self.find("models", stream, "train_samples_per_s", device_prefix="GPU",
+                                     setting_prefix="demo preset")
+                if cpu_rate and cpu_rate.value and gpu_rate and gpu_rate.value and gpu_rate.status == MEASURED:
+                    gpu_hours = row.value * cpu_rate.value / gpu_rate.value
+                    demo_gpu_total.append(gpu_hours * 3600)
+                    gpu_text = f"{format_value(gpu_hours * 60)} min* (model time)"
             body.append([f"Demo training, {stream} stream (the demo preset's epochs, model time only)", text, "",
-                         NOT_MEASURED])
+                         gpu_text])
+        if len(demo_total) == 3:
+            body.append(["Demo pipeline: make + extract + train both streams (no evaluation)",
+                         f"{format_value(sum(demo_total) / 60)} min*", "", NOT_MEASURED])
         for stream, title in (("spatial", "ResNet-50 fine-tuning"), ("temporal", "CNN-M-2048 from scratch")):
             cpu = self.find("models", stream, "train_samples_per_s", machine=p, device_prefix="CPU",
                             setting_prefix="hmdb51 preset")
@@ -1626,11 +1643,7 @@ def run_stages(stages: Sequence[str], settings: Settings, log: Callable[[str], N
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.bench", description=__doc__.split("\n\n")[0],
-        epilog="Example (a quick smoke run): python -m utils.bench --quick; a GPU box: "
-               "python -m utils.bench --stages models,generators --csv-only gpu.csv; then here: "
-               "python -m utils.bench --merge gpu.csv",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="python -m utils.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default=None,
                         help=f"comma-separated stages: {', '.join(STAGES)}; aliases flow (= the three flow-*), "
                              "all, none. Default: all (--quick: all but tvl1keras, whose compilation alone takes "
@@ -1638,7 +1651,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and short timings (about 1-2 min; figures are rough)")
     parser.add_argument("--out-dir", type=Path, default=REPORT_DIR,
-                        help="where benchmarks.md, benchmarks.csv and benchmarks_readme_table.md go")
+                        help="where benchmarks.md, benchmarks.csv and benchmarks_readme_table.md go (default: report/)")
     parser.add_argument("--csv-only", type=Path, metavar="PATH",
                         help="write only this run's rows to PATH (no markdown; for merging elsewhere)")
     parser.add_argument("--merge", type=Path, nargs="+", default=[], metavar="CSV",
@@ -1652,16 +1665,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", help="worker counts for flow-speed, e.g. 1,2,4 (default: 1, 2, 4 ... cores)")
     parser.add_argument("--videos", type=Path, help=f"folder of <class>/<clip> videos (default {DEFAULT_VIDEOS})")
     parser.add_argument("--flow-gt", type=Path, help=f"folder of ground-truth pairs (default {DEFAULT_FLOW_GT})")
-    parser.add_argument("--flow-pairs", type=int, help="frame pairs per clip for flow-speed")
-    parser.add_argument("--max-videos", type=int, help="clips used by extract, generators")
-    parser.add_argument("--max-frames", type=int, help="frames per clip extracted (default: whole clips)")
-    parser.add_argument("--slow-max-frames", type=int, help="frames per clip when extracting with TV-L1")
+    parser.add_argument("--flow-pairs", type=int, help="frame pairs per clip for flow-speed (default 12, --quick 4)")
+    parser.add_argument("--max-videos", type=int, help="clips used by extract, generators, eval (default: all, --quick 2)")
+    parser.add_argument("--max-frames", type=int, help="frames per clip extracted (default: whole clips, --quick 12)")
+    parser.add_argument("--slow-max-frames", type=int, help="frames per clip (of at most 4 clips) when extracting with TV-L1 (default 16)")
     parser.add_argument("--presets", help="training presets timed by models: hmdb51 (224 px), demo (56 px); "
                                           "default both (--quick: demo)")
     parser.add_argument("--size", type=int, help="override the presets' model input size (e.g. 64 for a tiny run)")
     parser.add_argument("--mixed-precision", action="store_true", help="time the models with mixed_float16 (GPU)")
     parser.add_argument("--streams", help="spatial,temporal (default both)")
-    parser.add_argument("--batch-size", type=int, help="model batch size (default 16 on CPU, 32 on GPU)")
+    parser.add_argument("--batch-size", type=int, help="override the model batch (default: the preset's, capped at 16 on a CPU)")
     parser.add_argument("--eval-size", type=int, help="input size for the eval stage (default 224)")
     parser.add_argument("--tvl1keras-pairs", type=int, dest="tvl1_keras_pairs",
                         help="frame pairs per call of the Keras TV-L1 (default 4 on a CPU, 64 on a GPU)")

@@ -21,26 +21,33 @@ enough to give the same flow to within a few hundredths of a pixel:
 * per-pair stopping rule: a warp ends when ``sum((u - u_old)^2) <= epsilon^2 * pixels`` or after
   ``inner x outer`` iterations.
 
-Batching. Pairs converge at very different speeds (600 to 7500 inner iterations per pair), so a
-fixed batch would make every pair pay for the slowest. Instead each pyramid level keeps ``slots``
-pairs in flight; every ``chunk`` inner iterations the pairs whose warp has ended are re-warped,
-finished pairs write their flow back and free slots are refilled from the queue. Masks keep the
-pairs in a batch independent, so a pair's flow does not depend on its neighbours in the batch.
-All of it (loops included) is one Keras program, compiled once per (pairs, height, width).
+Batching. Pairs converge at very different speeds (a warp takes 2 to 300 inner iterations), so
+a fixed batch would make every pair pay for the slowest. Instead each pyramid level keeps
+``slots`` pairs in flight and, every ``chunk`` inner iterations, takes a scheduling step: free
+slots take the next pairs of the queue, finished pairs write their flow back, and the slots that
+start a warp (or an outer iteration) are warped (median-filtered) -- at most ``side_work`` of them
+per step, gathered into a small batch, because a warp costs several iterations. Masks keep the
+pairs independent: a pair's flow does not depend on its neighbours in the batch. Each pyramid
+level is one Keras program (loops included, ``keras.ops.while_loop``), compiled once per
+(pairs per call, height, width): about a minute per frame size on a CPU with XLA. With JAX, set
+``JAX_COMPILATION_CACHE_DIR`` to keep compiled programs between runs.
 
 Usage::
 
     from utils.tvl1_keras import TVL1Keras
     flow = TVL1Keras()                      # OpenCV defaults
     flows = flow(gray_frames)               # uint8[T, H, W] -> float32[T-1, H, W, 2]
+    print(flow.device)                      # e.g. "jax on gpu:0 (NVIDIA H100 80GB HBM3)"
 
-Benchmark (speed and parity with OpenCV)::
+Benchmark (speed at 320x240 on a real clip, parity with OpenCV on the ground-truth pairs)::
 
-    KERAS_BACKEND=jax python -m utils.tvl1_keras --pairs-dir tests/data/flow_gt --video tests/data/hmdb51_clips
+    KERAS_BACKEND=jax python -m utils.tvl1_keras --n-pairs 256 --video tests/data/hmdb51_clips
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import os
 import shutil
@@ -146,14 +153,14 @@ def _cubic_weights(t):
 def remap_cubic(images, flow_x, flow_y):
     """``cv::remap(image, x + flow_x, y + flow_y, INTER_CUBIC)`` with 0 outside the image.
 
-    ``images`` float32[B, H, W, C] (C images warped with the same coordinates), ``flow_*``
-    float32[B, H, W]; returns float32[B, H, W, C].
+    ``images``: a list of float32[B, H, W] warped with the same coordinates; ``flow_*``
+    float32[B, H, W]. Returns the list of warped images. Each tap is a gather of single values
+    from a flat zero-padded copy (gathers of single values are the fast kind on every backend).
     """
-    batch, height, width, channels = images.shape
+    batch, height, width = flow_x.shape
     pad = 4                                  # taps reach 2 px beyond the clamped corner below
-    padded = ops.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     padded_h, padded_w = height + 2 * pad, width + 2 * pad
-    table = ops.reshape(padded, (batch * padded_h * padded_w, channels))
+    tables = [ops.reshape(ops.pad(image, ((0, 0), (pad, pad), (pad, pad))), (-1,)) for image in images]
 
     map_x = flow_x + np.arange(width, dtype=np.float32)[None, None, :]
     map_y = flow_y + np.arange(height, dtype=np.float32)[None, :, None]
@@ -163,31 +170,33 @@ def remap_cubic(images, flow_x, flow_y):
     # Far outside the image all 16 taps read 0; clamping keeps them inside the zero padding.
     col = ops.cast(ops.clip(floor_x, -3, width + 1), "int32") + (pad - 1)
     row = ops.cast(ops.clip(floor_y, -3, height + 1), "int32") + (pad - 1)
-    base = ops.arange(batch, dtype="int32")[:, None, None] * (padded_h * padded_w) + row * padded_w + col
+    first = ops.arange(batch, dtype="int32")[:, None, None] * (padded_h * padded_w) + row * padded_w + col
 
-    out = None
-    for j in range(4):
-        line = None
-        for i in range(4):
-            tap = ops.take(table, base + (j * padded_w + i), axis=0) * wx[i][..., None]
-            line = tap if line is None else line + tap
-        term = line * wy[j][..., None]
-        out = term if out is None else out + term
-    return out
+    warped = []
+    for table in tables:
+        out = None
+        for j in range(4):
+            line = None
+            for i in range(4):
+                tap = ops.take(table, first + (j * padded_w + i), axis=0) * wx[i]
+                line = tap if line is None else line + tap
+            out = line * wy[j] if out is None else out + line * wy[j]
+        warped.append(out)
+    return warped
 
 
-def _shift(x, axis: int, offset: int):
-    """``out[i] = x[clip(i + offset)]`` along ``axis`` (border replicated)."""
-    if offset == 0:
-        return x
-    n = x.shape[axis]
-    return ops.take(x, np.clip(np.arange(n) + offset, 0, n - 1).astype("int32"), axis=axis)
+def _replicate_pad(x, radius: int):
+    """Pad float32[B, H, W] by ``radius`` pixels on each side, repeating the border pixels."""
+    x = ops.concatenate([x[:, :1]] * radius + [x] + [x[:, -1:]] * radius, axis=1)
+    return ops.concatenate([x[:, :, :1]] * radius + [x] + [x[:, :, -1:]] * radius, axis=2)
 
 
 def centered_gradient(images):
     """OpenCV ``centeredGradient``: 0.5 * (next - previous), border replicated."""
-    dx = 0.5 * (_shift(images, 2, 1) - _shift(images, 2, -1))
-    dy = 0.5 * (_shift(images, 1, 1) - _shift(images, 1, -1))
+    height, width = images.shape[1], images.shape[2]
+    padded = _replicate_pad(images, 1)
+    dx = 0.5 * (padded[:, 1:height + 1, 2:] - padded[:, 1:height + 1, :width])
+    dy = 0.5 * (padded[:, 2:, 1:width + 1] - padded[:, :height, 1:width + 1])
     return dx, dy
 
 
@@ -243,9 +252,9 @@ _MEDIAN_STEPS = {3: _pruned(_MEDIAN3_NETWORK, 4), 5: _pruned(_MEDIAN5_NETWORK, 1
 
 def median_blur(images, ksize: int = 5):
     """``cv::medianBlur`` of float32[B, H, W] (ksize 3 or 5, border replicated), by a sorting network."""
-    radius = ksize // 2
-    rows = [_shift(images, 1, dy) for dy in range(-radius, radius + 1)]
-    p = [_shift(row, 2, dx) for row in rows for dx in range(-radius, radius + 1)]
+    height, width = images.shape[1], images.shape[2]
+    padded = _replicate_pad(images, ksize // 2)
+    p = [padded[:, dy:dy + height, dx:dx + width] for dy in range(ksize) for dx in range(ksize)]
     for a, b, keep_min, keep_max in _MEDIAN_STEPS[ksize]:
         low = ops.minimum(p[a], p[b]) if keep_min else None
         high = ops.maximum(p[a], p[b]) if keep_max else None
@@ -256,8 +265,7 @@ def median_blur(images, ksize: int = 5):
 # --- the solver ------------------------------------------------------------------------------------
 def _warp_terms(I0, I1, I1x, I1y, u1, u2):
     """Warp I1 and its gradient by the flow; return I1wx, I1wy, |grad|^2 and rho's constant part."""
-    warped = remap_cubic(ops.stack([I1, I1x, I1y], axis=-1), u1, u2)
-    I1w, I1wx, I1wy = warped[..., 0], warped[..., 1], warped[..., 2]
+    I1w, I1wx, I1wy = remap_cubic([I1, I1x, I1y], u1, u2)
     grad = I1wx * I1wx + I1wy * I1wy
     rho_c = I1w - I1wx * u1 - I1wy * u2 - I0
     return I1wx, I1wy, grad, rho_c
@@ -277,27 +285,41 @@ def _dual_update(p1, p2, ux, uy, taut):
     return (p1 + taut * ux) / norm, (p2 + taut * uy) / norm
 
 
-_SLOT_STATE = ("index", "alive", "needs_warp", "warp", "n", "u1", "u2", "p11", "p12", "p21", "p22",
-               "I0", "I1", "I1x", "I1y", "I1wx", "I1wy", "grad", "rho_c")
+_SLOT_STATE = ("index", "alive", "needs_warp", "needs_median", "warp", "n", "u1", "u2", "p11", "p12", "p21",
+               "p22", "I0", "I1", "I1x", "I1y", "I1wx", "I1wy", "grad", "rho_c")
 
 
-def _solve_level(I0_all, I1_all, U1, U2, n_valid, params: TVL1Params, slots: int, chunk: int):
-    """Run every pair through all warps of one pyramid level; returns the updated U1, U2.
+def _first_flagged(flags, count: int):
+    """Indices of ``count`` slots, flagged ones first (lowest index first), and whether each is flagged."""
+    slots = flags.shape[0]
+    order = ops.where(flags, 0, slots) + ops.arange(slots, dtype="int32")
+    _, chosen = ops.top_k(-order, k=count)
+    return chosen, ops.take(flags, chosen, axis=0)
+
+
+def _solve_level(I0_all, I1_all, U1, U2, n_valid, params: TVL1Params, slots: int, chunk: int,
+                 side_work: int | None = None):
+    """Run every pair through all warps of one pyramid level; returns U1, U2 and the step count.
 
     ``I*_all`` float32[N, h, w]; ``U1``, ``U2`` float32[N + 1, h, w], the flow each pair starts
     from (row N is a scratch row that absorbs writes from empty slots); pairs ``0 .. n_valid-1``
-    are real, the rest padding. One loop step = one scheduling step: fill empty slots from the
-    queue, re-warp the slots that start a warp, median-filter the slots that start an outer
-    iteration, run ``chunk`` inner iterations, then see which warps and pairs have finished.
+    are real, the rest padding.
+
+    One loop step = one scheduling step: fill empty slots from the queue; warp the images of up
+    to ``side_work`` slots that start a warp; median-filter up to ``side_work`` slots that start an
+    outer iteration; run ``chunk`` inner iterations on the slots that are ready (a slot waiting
+    for its warp or median sits the chunk out); then see which warps and pairs have finished.
+    Warps and medians cost several iterations each, so they run only on the slots that need them.
     """
     pairs, height, width = I0_all.shape
+    side_work = max(1, min(slots, side_work or -(-slots // 4)))
     scaled_epsilon = np.float32(params.epsilon * params.epsilon * height * width)
     max_iterations = params.inner_iterations * params.outer_iterations
     l_t = np.float32(params.lambda_ * params.theta)
     taut = np.float32(params.tau / params.theta)
     theta = np.float32(params.theta)
     mask = lambda flags: flags[:, None, None]  # noqa: E731  (per-slot flag -> image mask)
-    zeros = ops.zeros((slots, height, width), "float32")
+    zeros = lambda: ops.zeros((slots, height, width), "float32")  # noqa: E731  (fresh: some backends scatter in place)
 
     def refill(s, U1, U2, queue):
         """Give each empty slot the next pair of the queue (flow from U, dual variables 0)."""
@@ -311,7 +333,7 @@ def _solve_level(I0_all, I1_all, U1, U2, n_valid, params: TVL1Params, slots: int
             safe = ops.minimum(index, pairs - 1)
             I1 = ops.take(I1_all, safe, axis=0)
             new = (ops.take(I0_all, safe, axis=0), I1, *centered_gradient(I1),
-                   ops.take(U1, index, axis=0), ops.take(U2, index, axis=0), zeros, zeros, zeros, zeros)
+                   ops.take(U1, index, axis=0), ops.take(U2, index, axis=0), zeros(), zeros(), zeros(), zeros())
             return tuple(ops.where(mask(fill), a, s[k]) for k, a in zip(names, new))
 
         s.update(zip(names, ops.cond(ops.any(fill), load, lambda: tuple(s[k] for k in names))))
@@ -321,35 +343,45 @@ def _solve_level(I0_all, I1_all, U1, U2, n_valid, params: TVL1Params, slots: int
         s["n"] = ops.where(fill, 0, s["n"])
         return ops.minimum(queue + ops.sum(ops.cast(empty, "int32")), n_valid)
 
-    def rewarp(s):
-        """Warp I1 and its gradient by the current flow, in the slots that start a warp."""
-        names = ("I1wx", "I1wy", "grad", "rho_c")
-        start = s["needs_warp"]
+    def update_some(s, flag: str, names, compute):
+        """Replace ``names`` by ``compute(s, chosen)`` in up to ``side_work`` slots flagged ``flag``;
+        returns the slots that were served (the others keep their flag for the next step)."""
+        flags = s[flag]
 
-        def warp():
-            new = _warp_terms(s["I0"], s["I1"], s["I1x"], s["I1y"], s["u1"], s["u2"])
-            return tuple(ops.where(mask(start), a, s[k]) for k, a in zip(names, new))
+        def work():
+            chosen, chosen_flags = _first_flagged(flags, side_work)
+            new = compute(s, chosen)
+            rows = ops.expand_dims(chosen, 1)
+            served = flags & ops.any(ops.arange(slots, dtype="int32")[:, None] == chosen[None, :], axis=1)
+            updated = tuple(ops.scatter_update(s[k], rows, ops.where(mask(chosen_flags), a,
+                                                                     ops.take(s[k], chosen, axis=0)))
+                            for k, a in zip(names, new))
+            return updated + (served,)
 
-        s.update(zip(names, ops.cond(ops.any(start), warp, lambda: tuple(s[k] for k in names))))
-        s["needs_warp"] = ops.zeros_like(start)
+        out = ops.cond(ops.any(flags), work, lambda: tuple(s[k] for k in names) + (ops.zeros_like(flags),))
+        s.update(zip(names, out[:-1]))
+        served = out[-1]
+        s[flag] = flags & ~served
+        return served
 
-    def median(s):
-        """Median-filter the flow of the slots that start an outer iteration."""
-        start = s["alive"] & (s["n"] % params.inner_iterations == 0)
+    def warp(s, chosen):
+        """Warp I1 and its gradient by the current flow (OpenCV: remap + calcGradRho)."""
+        return _warp_terms(*(ops.take(s[k], chosen, axis=0) for k in ("I0", "I1", "I1x", "I1y", "u1", "u2")))
 
-        def filtered():
-            both = median_blur(ops.concatenate([s["u1"], s["u2"]], axis=0), params.median_filtering)
-            return (ops.where(mask(start), both[:slots], s["u1"]), ops.where(mask(start), both[slots:], s["u2"]))
-
-        s["u1"], s["u2"] = ops.cond(ops.any(start), filtered, lambda: (s["u1"], s["u2"]))
+    def median(s, chosen):
+        """Median filter of the flow at the start of an outer iteration (u1 and u2 in one batch)."""
+        both = ops.concatenate([ops.take(s["u1"], chosen, axis=0), ops.take(s["u2"], chosen, axis=0)], axis=0)
+        both = median_blur(both, params.median_filtering)
+        return both[:side_work], both[side_work:]
 
     def inner_iterations(s):
-        """``chunk`` inner iterations of every running slot; returns which slots converged."""
-        alive, I1wx, I1wy, grad, rho_c = s["alive"], s["I1wx"], s["I1wy"], s["grad"], s["rho_c"]
+        """``chunk`` inner iterations of every ready slot; returns which slots converged."""
+        ready = s["alive"] & ~s["needs_warp"] & ~s["needs_median"]
+        I1wx, I1wy, grad, rho_c = s["I1wx"], s["I1wy"], s["grad"], s["rho_c"]
 
         def step(_, carry):
             u1, u2, p11, p12, p21, p22, n, converged = carry
-            running = alive & ~converged
+            running = ready & ~converged
             rho = rho_c + (I1wx * u1 + I1wy * u2)
             v1 = _threshold(u1, I1wx, rho, grad, l_t)
             v2 = _threshold(u2, I1wy, rho, grad, l_t)
@@ -369,45 +401,51 @@ def _solve_level(I0_all, I1_all, U1, U2, n_valid, params: TVL1Params, slots: int
         carry = (s["u1"], s["u2"], s["p11"], s["p12"], s["p21"], s["p22"], s["n"], ops.zeros((slots,), "bool"))
         s["u1"], s["u2"], s["p11"], s["p12"], s["p21"], s["p22"], s["n"], converged = ops.fori_loop(
             0, chunk, step, carry)
-        return converged
+        return ready, converged
 
     def body(*values):
-        s = dict(zip(_SLOT_STATE, values[:-3]))
-        U1, U2, queue = values[-3:]
+        s = dict(zip(_SLOT_STATE, values[:-4]))
+        U1, U2, queue, steps = values[-4:]
         queue = refill(s, U1, U2, queue)
-        rewarp(s)
+        warped = update_some(s, "needs_warp", ("I1wx", "I1wy", "grad", "rho_c"), warp)
         if params.median_filtering > 1:
-            median(s)
-        converged = inner_iterations(s)
+            s["needs_median"] = s["needs_median"] | warped       # a warp starts with an outer iteration
+            update_some(s, "needs_median", ("u1", "u2"), median)
+        ready, converged = inner_iterations(s)
         # A warp ends when it converged or ran out of iterations; after the last warp the pair
-        # writes its flow back to U and leaves its slot.
-        warp_end = s["alive"] & (converged | (s["n"] >= max_iterations))
+        # writes its flow back to U and leaves its slot. Otherwise an outer iteration may begin.
+        warp_end = ready & (converged | (s["n"] >= max_iterations))
         s["warp"] = s["warp"] + ops.cast(warp_end, "int32")
+        if params.median_filtering > 1:
+            outer_start = ready & ~warp_end & (s["n"] % params.inner_iterations == 0)
+            s["needs_median"] = s["needs_median"] | outer_start
         s["n"] = ops.where(warp_end, 0, s["n"])
         done = warp_end & (s["warp"] >= params.warps)
-        target = ops.expand_dims(ops.where(done, s["index"], pairs), 1)
-        U1 = ops.scatter_update(U1, target, s["u1"])
-        U2 = ops.scatter_update(U2, target, s["u2"])
-        s["needs_warp"] = warp_end & ~done
+
+        def write_back():
+            target = ops.expand_dims(ops.where(done, s["index"], pairs), 1)
+            return ops.scatter_update(U1, target, s["u1"]), ops.scatter_update(U2, target, s["u2"])
+
+        U1, U2 = ops.cond(ops.any(done), write_back, lambda: (U1, U2))
+        s["needs_warp"] = s["needs_warp"] | (warp_end & ~done)
         s["alive"] = s["alive"] & ~done
-        return tuple(s[k] for k in _SLOT_STATE) + (U1, U2, queue)
+        return tuple(s[k] for k in _SLOT_STATE) + (U1, U2, queue, steps + 1)
 
     def more_work(*values):
-        alive, queue = values[_SLOT_STATE.index("alive")], values[-1]
+        alive, queue = values[_SLOT_STATE.index("alive")], values[-2]
         return ops.any(alive) | (queue < n_valid)
 
     no = ops.zeros((slots,), "bool")
     none = ops.zeros((slots,), "int32")
-    state = dict(index=none + pairs, alive=no, needs_warp=no, warp=none, n=none, u1=zeros, u2=zeros,
-                 p11=zeros, p12=zeros, p21=zeros, p22=zeros, I0=zeros, I1=zeros, I1x=zeros, I1y=zeros,
-                 I1wx=zeros, I1wy=zeros, grad=zeros, rho_c=zeros)
-    loop_vars = tuple(state[k] for k in _SLOT_STATE) + (U1, U2, ops.convert_to_tensor(0, "int32"))
-    final = ops.while_loop(more_work, body, loop_vars)
-    return final[-3], final[-2]
+    state = dict(index=none + pairs, alive=no, needs_warp=no, needs_median=no, warp=none, n=none)
+    state.update((k, zeros()) for k in _SLOT_STATE[6:])
+    counter = ops.convert_to_tensor(0, "int32")
+    final = ops.while_loop(more_work, body, tuple(state[k] for k in _SLOT_STATE) + (U1, U2, counter, counter))
+    return final[-4], final[-3], final[-1]
 
 
 def level_flow(frames0, frames1, coarse_flow, valid, *, level: int, params: TVL1Params = TVL1Params(),
-               slots: int | None = None, chunk: int = 10):
+               slots: int | None = None, chunk: int = 2, side_work: int | None = None, return_steps: bool = False):
     """TV-L1 flow of N pairs at pyramid ``level`` (0 = full size), float32[N, h, w, 2].
 
     ``frames*`` uint8 or float32[N, H, W] full-size frames (the level's images are resized from
@@ -432,25 +470,28 @@ def level_flow(frames0, frames1, coarse_flow, valid, *, level: int, params: TVL1
         U1 = ops.concatenate([resize_linear(coarse_flow[..., 0], sizes[level]) * zoom, spare], axis=0)
         U2 = ops.concatenate([resize_linear(coarse_flow[..., 1], sizes[level]) * zoom, spare], axis=0)
     n_valid = ops.sum(ops.cast(valid, "int32"))
-    U1, U2 = _solve_level(images0, images1, U1, U2, n_valid, params, slots, chunk)
-    return ops.stack([U1[:pairs], U2[:pairs]], axis=-1)
+    U1, U2, steps = _solve_level(images0, images1, U1, U2, n_valid, params, slots, chunk, side_work)
+    flow = ops.stack([U1[:pairs], U2[:pairs]], axis=-1)
+    return (flow, steps) if return_steps else flow
 
 
 def tvl1_flow_batch(frames0, frames1, valid=None, *, params: TVL1Params = TVL1Params(), slots: int | None = None,
-                    chunk: int = 10):
+                    chunk: int = 2, side_work: int | None = None):
     """TV-L1 flow of N frame pairs: uint8/float32[N, H, W] x2 -> float32[N, H, W, 2] (pixels).
 
     Plain ``keras.ops``, all levels in one call (eagerly, or inside one compiled function);
     :class:`TVL1Keras` compiles one program per level instead, which compiles much faster.
     ``slots`` pairs are iterated together (default: all); ``chunk`` inner iterations run between
-    two scheduling steps and must divide ``params.inner_iterations``.
+    two scheduling steps and must divide ``params.inner_iterations``; ``side_work`` slots at most
+    are warped or median-filtered per step (default: a quarter of the slots).
     """
     pairs, height, width = frames0.shape
     valid = ops.ones((pairs,), "bool") if valid is None else valid
     levels = len(pyramid_sizes(height, width, params.nscales, params.scale_step))
     flow = ops.zeros((pairs, 1, 1, 2), "float32")
     for level in reversed(range(levels)):
-        flow = level_flow(frames0, frames1, flow, valid, level=level, params=params, slots=slots, chunk=chunk)
+        flow = level_flow(frames0, frames1, flow, valid, level=level, params=params, slots=slots, chunk=chunk,
+                          side_work=side_work)
     return flow
 
 
@@ -460,27 +501,40 @@ class _LevelProgram(keras.Model):
     compiles it (XLA on TensorFlow and JAX) once per input shape, on whichever backend is active.
     One program per level: a single program for all levels compiles several times slower."""
 
-    def __init__(self, shape: tuple[int, int, int], level: int, params: TVL1Params, slots: int, chunk: int):
+    def __init__(self, shape: tuple[int, int, int], level: int, params: TVL1Params, slots: int, chunk: int,
+                 side_work: int | None):
         super().__init__(name=f"tvl1_keras_level{level}")
-        self.shape, self.level, self.params, self.slots, self.chunk = shape, level, params, slots, chunk
-
-    def build(self, input_shape):
-        self.built = True
+        self.shape, self.level, self.params = shape, level, params
+        self.slots, self.chunk, self.side_work = slots, chunk, side_work
+        self.built = True       # nothing to build; and predict_on_batch would otherwise run it eagerly once
 
     def call(self, inputs):
         frames0, frames1, coarse_flow, valid = inputs
         # Static shapes, even where the backend traces with an unknown batch size.
         frames0, frames1 = ops.reshape(frames0, self.shape), ops.reshape(frames1, self.shape)
-        coarse_flow = ops.reshape(coarse_flow, (self.shape[0], *coarse_flow.shape[1:]))
+        sizes = pyramid_sizes(*self.shape[1:], self.params.nscales, self.params.scale_step)
+        coarse_size = sizes[self.level + 1] if self.level + 1 < len(sizes) else (1, 1)
+        coarse_flow = ops.reshape(coarse_flow, (self.shape[0], *coarse_size, 2))
         valid = ops.reshape(valid, self.shape[:1])
-        return level_flow(frames0, frames1, coarse_flow, valid, level=self.level, params=self.params,
-                          slots=self.slots, chunk=self.chunk)
+        flow, steps = level_flow(frames0, frames1, coarse_flow, valid, level=self.level, params=self.params,
+                                 slots=self.slots, chunk=self.chunk, side_work=self.side_work, return_steps=True)
+        return flow, ops.reshape(steps, (1,))
+
+
+def default_device() -> str:
+    """The device Keras ops run on by default, e.g. ``"gpu:0"``, ``"cuda:0"`` or ``"cpu:0"``."""
+    try:
+        devices = keras.distribution.list_devices()      # JAX and TensorFlow
+        if devices:
+            return devices[0]
+    except (AttributeError, NotImplementedError, RuntimeError):
+        pass                                              # backends without keras.distribution
+    return str(getattr(ops.convert_to_tensor(np.zeros(1, np.float32)), "device", "cpu:0")).lower()
 
 
 def device_description() -> str:
     """Backend and device the Keras ops run on, e.g. ``"jax on gpu:0 (NVIDIA H100 80GB HBM3)"``."""
-    devices = keras.distribution.list_devices()
-    device = devices[0] if devices else "cpu"
+    device = default_device()
     text = f"{keras.backend.backend()} on {device}"
     if "cpu" not in device.lower():
         gpu = _nvidia_smi("name")
@@ -502,8 +556,7 @@ def _nvidia_smi(field: str) -> list[str]:
 
 def device_memory_bytes() -> tuple[int, str]:
     """Memory the flow may plan with: the first GPU's total memory, else the host's available RAM."""
-    devices = keras.distribution.list_devices()
-    if devices and "cpu" not in devices[0].lower():
+    if "cpu" not in default_device().lower():
         total = _nvidia_smi("memory.total")
         if total:
             return int(float(total[0]) * 2**20), "gpu"
@@ -525,11 +578,12 @@ def choose_slots(height: int, width: int, *, memory_fraction: float = 0.5, max_s
                  pairs_per_slot: int = 4) -> int:
     """How many pairs to iterate together at this frame size, from the device's memory.
 
-    On a CPU extra slots only add memory traffic, so the default cap is 8; on a GPU it is 512.
+    Default caps: 4 on a CPU (measured fastest on 2 cores: more slots only add memory traffic),
+    64 on a GPU (about 5 million pixels per operation at 320x240: enough to fill a large GPU).
     """
     memory, kind = device_memory_bytes()
     per_slot = 4 * height * width * (_IMAGES_PER_SLOT + pairs_per_slot * _IMAGES_PER_PAIR)
-    cap = max_slots if max_slots is not None else (512 if kind == "gpu" else 8)
+    cap = max_slots if max_slots is not None else (64 if kind == "gpu" else 4)
     return int(max(1, min(cap, memory * memory_fraction // per_slot)))
 
 
@@ -540,30 +594,40 @@ class TVL1Keras:
     :meth:`pairs` takes any list of pairs of one size. Options: the :class:`TVL1Params` fields
     (OpenCV names in snake case, e.g. ``lambda_=0.15``), ``slots`` (pairs iterated together,
     default from device memory), ``pairs_per_slot`` (queue depth: pairs per call = slots x this),
-    ``chunk`` (inner iterations between re-scheduling), ``jit_compile`` (passed to
+    ``chunk`` (inner iterations between scheduling steps), ``side_work`` (slots warped or
+    median-filtered per step, default a quarter of the slots), ``jit_compile`` (passed to
     ``Model.compile``; ``"auto"`` compiles with XLA on TensorFlow and JAX).
+    After each call, ``last_steps`` holds the scheduling steps each level took (coarsest first).
     """
 
-    def __init__(self, *, slots: int | None = None, pairs_per_slot: int = 4, chunk: int = 10,
-                 jit_compile: bool | str = "auto", memory_fraction: float = 0.5, **params):
+    def __init__(self, *, slots: int | None = None, pairs_per_slot: int = 4, chunk: int | None = None,
+                 side_work: int | None = None, jit_compile: bool | str = "auto", memory_fraction: float = 0.5,
+                 **params):
         self.params = TVL1Params(**params)
-        self.slots, self.pairs_per_slot, self.chunk = slots, int(pairs_per_slot), int(chunk)
-        self.jit_compile, self.memory_fraction = jit_compile, memory_fraction
+        self.device = device_description()
+        on_cpu = device_memory_bytes()[1] == "cpu"
+        self.slots, self.pairs_per_slot = slots, int(pairs_per_slot)
+        self.chunk = int(chunk) if chunk else (1 if on_cpu else 2)     # measured best on a 2-core CPU: 1
+        self.side_work, self.jit_compile, self.memory_fraction = side_work, jit_compile, memory_fraction
         if self.params.inner_iterations % self.chunk:
             raise ValueError(f"chunk={chunk} must divide inner_iterations={self.params.inner_iterations}")
-        self._programs: dict[tuple, _LevelProgram] = {}
-        self.device = device_description()
+        self._programs: dict[tuple, list[_LevelProgram]] = {}
+        self.last_steps: list[int] = []
 
     def __repr__(self):
         return (f"TVL1Keras({self.device}, slots={self.slots or 'auto'}, pairs_per_slot={self.pairs_per_slot}, "
-                f"chunk={self.chunk}, {asdict(self.params)})")
+                f"chunk={self.chunk}, side_work={self.side_work or 'auto'}, {asdict(self.params)})")
 
     def plan(self, height: int, width: int, n_pairs: int) -> tuple[int, int]:
-        """(pairs per call, slots) for ``n_pairs`` pairs of this size; calls are padded to a power of 2."""
+        """(pairs per call, slots) for ``n_pairs`` pairs of this size.
+
+        A call holds ``slots x pairs_per_slot`` pairs; fewer pairs are padded to a power of two,
+        at least a quarter of that, so a frame size compiles at most three program sets.
+        """
         max_slots = self.slots or choose_slots(height, width, memory_fraction=self.memory_fraction,
                                                pairs_per_slot=self.pairs_per_slot)
         max_call = max_slots * self.pairs_per_slot
-        call = min(max_call, 2 ** math.ceil(math.log2(max(1, n_pairs))))
+        call = min(max_call, max(-(-max_call // 4), 2 ** math.ceil(math.log2(max(1, n_pairs)))))
         return call, max(1, min(max_slots, math.ceil(call / self.pairs_per_slot)))
 
     def programs(self, height: int, width: int, call: int, slots: int) -> list[_LevelProgram]:
@@ -573,7 +637,8 @@ class TVL1Keras:
         if key not in self._programs:
             self._programs[key] = []
             for level in reversed(range(levels)):
-                program = _LevelProgram((call, height, width), level, self.params, slots, self.chunk)
+                program = _LevelProgram((call, height, width), level, self.params, slots, self.chunk,
+                                        self.side_work)
                 program.compile(jit_compile=self.jit_compile)
                 self._programs[key].append(program)
         return self._programs[key]
@@ -598,8 +663,12 @@ class TVL1Keras:
             batch0[:count], batch1[:count] = frames0[start:start + count], frames1[start:start + count]
             valid = np.arange(call) < count
             flow = np.zeros((call, 1, 1, 2), np.float32)
+            self.last_steps = []
             for program in programs:              # coarse to fine, one compiled program per level
-                flow = np.asarray(program.predict_on_batch([batch0, batch1, flow, valid]))
+                with _quiet_retracing_warnings():
+                    flow, steps = program.predict_on_batch([batch0, batch1, flow, valid])
+                flow = np.asarray(flow)
+                self.last_steps.append(int(np.asarray(steps).reshape(-1)[0]))
             flows[start:start + count] = flow[:count]
         return flows
 
@@ -611,6 +680,18 @@ class TVL1Keras:
         return self.pairs(gray_frames[:-1], gray_frames[1:])
 
     __call__ = video
+
+
+@contextlib.contextmanager
+def _quiet_retracing_warnings():
+    """TensorFlow warns when several models trace their predict step; one model per level does."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def make_video_flow(**options) -> TVL1Keras:
@@ -655,18 +736,22 @@ def _video_gray_frames(path: Path, count: int, size: tuple[int, int] | None) -> 
     return np.stack(frames)
 
 
-def parity(flow_method: TVL1Keras, pairs_dir: str | Path, scale: float = 1.0) -> list[dict]:
+def parity(flow_method: TVL1Keras, pairs_dir: str | Path, scale: float = 1.0, repeat: bool = False) -> list[dict]:
     """EPE against ground truth of OpenCV's TV-L1 and of ``flow_method`` on every
     ``<pairs_dir>/<pair>/frame1.png, frame2.png, gt.flo``, and their mean difference.
 
     ``scale`` < 1 shrinks the frames first (INTER_AREA) and compares the two methods only.
+    ``keras_s`` includes compiling for a new frame size unless ``repeat`` (then: a second run).
     """
     import cv2
 
     from utils.flow import endpoint_error, read_flo
 
     rows = []
-    for folder in sorted(p for p in Path(pairs_dir).iterdir() if (p / "frame1.png").is_file()):
+    folders = sorted(p for p in Path(pairs_dir).iterdir() if (p / "frame1.png").is_file())
+    if not folders:
+        raise FileNotFoundError(f"no <pair>/frame1.png, frame2.png under {pairs_dir}")
+    for folder in folders:
         frame0, frame1 = _read_gray(folder / "frame1.png"), _read_gray(folder / "frame2.png")
         if scale != 1.0:
             size = (round(frame0.shape[1] * scale), round(frame0.shape[0] * scale))
@@ -674,13 +759,14 @@ def parity(flow_method: TVL1Keras, pairs_dir: str | Path, scale: float = 1.0) ->
         start = time.perf_counter()
         reference = _opencv_flow(frame0, frame1, flow_method.params)
         opencv_s = time.perf_counter() - start
-        start = time.perf_counter()
-        ours = flow_method.pairs(frame0[None], frame1[None])[0]
-        ours_s = time.perf_counter() - start
+        for _ in range(2 if repeat else 1):
+            start = time.perf_counter()
+            ours = flow_method.pairs(frame0[None], frame1[None])[0]
+            keras_s = time.perf_counter() - start
         row = dict(pair=folder.name, size=f"{frame0.shape[1]}x{frame0.shape[0]}",
                    mean_abs_diff=float(np.abs(ours - reference).mean()),
                    mean_epe_diff=float(np.linalg.norm(ours - reference, axis=-1).mean()),
-                   opencv_s=opencv_s, keras_s=ours_s)
+                   opencv_s=opencv_s, keras_s=keras_s)
         if scale == 1.0 and (folder / "gt.flo").is_file():
             truth = read_flo(folder / "gt.flo")
             row.update(epe_opencv=endpoint_error(reference, truth), epe_keras=endpoint_error(ours, truth))
@@ -689,57 +775,92 @@ def parity(flow_method: TVL1Keras, pairs_dir: str | Path, scale: float = 1.0) ->
     return rows
 
 
+class _MemoryMonitor:
+    """Peak device memory while it runs: GPU memory from nvidia-smi, polled by a thread (backends
+    may preallocate: set XLA_PYTHON_CLIENT_PREALLOCATE=false for JAX to see real use), else
+    the process's peak resident memory."""
+
+    def __enter__(self):
+        import threading
+        self.peak_mib, self._stop = 0.0, threading.Event()
+        self.gpu = bool(_nvidia_smi("memory.used"))
+        if self.gpu:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.25):
+            used = _nvidia_smi("memory.used")
+            if used:
+                self.peak_mib = max(self.peak_mib, float(used[0]))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.gpu:
+            self._thread.join()
+
+    def report(self) -> str:
+        if self.gpu:
+            total = _nvidia_smi("memory.total")
+            return f"GPU peak {self.peak_mib:.0f} MiB of {total[0] if total else '?'} MiB (nvidia-smi)"
+        import resource
+        return f"host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+
+
 def benchmark(video: str | Path | None = "tests/data/hmdb51_clips", pairs_dir: str | Path | None = "tests/data/flow_gt",
-              n_pairs: int = 64, size: tuple[int, int] = (320, 240), opencv_pairs: int = 4,
-              **options) -> dict:
-    """Print and return pairs/s of :class:`TVL1Keras` on ``n_pairs`` consecutive frame pairs of a
-    real clip resized to ``size`` (after one warm-up call that compiles), OpenCV's pairs/s on
-    ``opencv_pairs`` of them, their agreement, the plan (slots, pairs per call) and the device;
-    then parity on the ground-truth pairs in ``pairs_dir``. ``video``: a file or a folder (its first
-    clip). ``options`` go to :class:`TVL1Keras`.
+              n_pairs: int = 64, size: tuple[int, int] = (320, 240), opencv_pairs: int = 8, **options) -> dict:
+    """Print and return the speed of :class:`TVL1Keras` and its parity with OpenCV.
+
+    Speed: pairs/s on ``n_pairs`` consecutive frame pairs of a real clip resized to ``size``
+    (``video``: a file, or a folder whose first clip is used), after a warm-up call that
+    compiles; OpenCV's pairs/s on the first ``opencv_pairs`` of them in the same run; their
+    mean difference; the plan (pairs per call, slots) and peak memory. Parity: EPE of both
+    methods against the ground truth in ``pairs_dir``. ``options`` go to :class:`TVL1Keras`.
     """
     flow = TVL1Keras(**options)
     result = dict(device=flow.device, backend=keras.backend.backend())
-    print(f"TV-L1 keras: {flow!r}")
+    print(f"TV-L1 keras: {flow!r}", flush=True)
     if video is not None:
         video = Path(video)
         if video.is_dir():
-            video = sorted(p for p in video.rglob("*") if p.suffix.lower() in (".avi", ".mp4"))[0]
+            clips = sorted(p for p in video.rglob("*") if p.suffix.lower() in (".avi", ".mp4"))
+            if not clips:
+                raise FileNotFoundError(f"no .avi/.mp4 clip under {video}")
+            video = clips[0]
         frames = _video_gray_frames(video, n_pairs + 1, size)
         n = len(frames) - 1
         call, slots = flow.plan(frames.shape[1], frames.shape[2], n)
-        start = time.perf_counter()
-        flow(frames[:2])                      # compiles the one-pair program, reported separately
-        flow(frames)                          # compiles the full-size program
-        compile_s = time.perf_counter() - start
-        start = time.perf_counter()
-        ours = flow(frames)
-        keras_s = time.perf_counter() - start
+        with _MemoryMonitor() as memory:
+            start = time.perf_counter()
+            flow(frames)                                      # compiles (once per frame size)
+            compile_s = time.perf_counter() - start
+            start = time.perf_counter()
+            ours = flow(frames)
+            keras_s = time.perf_counter() - start
         k = min(opencv_pairs, n)
         start = time.perf_counter()
         reference = np.stack([_opencv_flow(frames[i], frames[i + 1], flow.params) for i in range(k)])
         opencv_s = time.perf_counter() - start
-        result.update(video=video.name, size=f"{size[0]}x{size[1]}", pairs=n, call=call, slots=slots,
-                      compile_and_first_run_s=round(compile_s, 1),
-                      keras_pairs_per_s=n / keras_s, opencv_pairs_per_s=k / opencv_s,
-                      opencv_threads=_opencv_threads(),
-                      video_mean_abs_diff=float(np.abs(ours[:k] - reference).mean()))
-        print(f"{n} pairs at {result['size']} from {video.name}: {result['keras_pairs_per_s']:.2f} pairs/s "
-              f"(call of {call} pairs, {slots} slots, {flow.chunk} iterations per chunk; compile + first runs "
-              f"{compile_s:.1f} s) vs OpenCV {result['opencv_pairs_per_s']:.2f} pairs/s "
-              f"({result['opencv_threads']} threads, {k} pairs); mean |diff| {result['video_mean_abs_diff']:.4f} px")
-        memory = _peak_memory()
-        if memory:
-            result["memory"] = memory
-            print(f"memory: {memory}")
-    if pairs_dir is not None and Path(pairs_dir).is_dir():
-        rows = parity(flow, pairs_dir)
+        result.update(video=video.name, size=f"{frames.shape[2]}x{frames.shape[1]}", pairs=n, call=call,
+                      slots=slots, chunk=flow.chunk, steps_per_level=flow.last_steps,
+                      first_call_s=round(compile_s, 1), keras_pairs_per_s=n / keras_s,
+                      opencv_pairs_per_s=k / opencv_s, opencv_threads=_opencv_threads(),
+                      video_mean_abs_diff=float(np.abs(ours[:k] - reference).mean()), memory=memory.report())
+        print(f"speed, {n} pairs at {result['size']} from {video.name}: keras {result['keras_pairs_per_s']:.2f} pairs/s "
+              f"(calls of {call} pairs, {slots} slots, chunk {flow.chunk}, scheduling steps per level "
+              f"{flow.last_steps}; first call incl. compiling {compile_s:.1f} s), OpenCV "
+              f"{result['opencv_pairs_per_s']:.2f} pairs/s ({result['opencv_threads']} threads, {k} pairs); "
+              f"mean |diff| {result['video_mean_abs_diff']:.4f} px; {result['memory']}", flush=True)
+    if pairs_dir is not None:
+        rows = parity(flow, pairs_dir, repeat=True)
         result["parity"] = rows
         for row in rows:
             epe = (f"EPE OpenCV {row['epe_opencv']:.3f} / keras {row['epe_keras']:.3f} px "
                    f"(ratio {row['epe_ratio']:.4f}); " if "epe_opencv" in row else "")
-            print(f"{row['pair']} ({row['size']}): {epe}mean |diff| to OpenCV {row['mean_abs_diff']:.4f} px, "
-                  f"mean EPE diff {row['mean_epe_diff']:.4f} px; OpenCV {row['opencv_s']:.2f} s, keras {row['keras_s']:.2f} s")
+            print(f"parity, {row['pair']} ({row['size']}): {epe}mean |diff| to OpenCV {row['mean_abs_diff']:.4f} px, "
+                  f"mean end-point diff {row['mean_epe_diff']:.4f} px; OpenCV {row['opencv_s']:.2f} s, "
+                  f"keras {row['keras_s']:.2f} s", flush=True)
     return result
 
 
@@ -748,35 +869,26 @@ def _opencv_threads() -> int:
     return cv2.getNumThreads()
 
 
-def _peak_memory() -> str:
-    """Device memory in use as nvidia-smi sees it, or the process's peak RSS on CPU."""
-    used = _nvidia_smi("memory.used,memory.total")
-    if used:
-        return f"GPU {used[0].replace(', ', ' / ')} MiB used (backend may preallocate)"
-    try:
-        import resource
-        return f"host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-    except ImportError:
-        return ""
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Benchmark batched Keras TV-L1 against OpenCV (speed and parity).")
     parser.add_argument("--video", default="tests/data/hmdb51_clips", help="clip, or folder of clips (first one is used)")
     parser.add_argument("--pairs-dir", default="tests/data/flow_gt", help="folder of <pair>/frame1.png, frame2.png, gt.flo")
     parser.add_argument("--n-pairs", type=int, default=64)
     parser.add_argument("--size", default="320x240", help="WxH the clip's frames are resized to")
-    parser.add_argument("--opencv-pairs", type=int, default=4)
-    parser.add_argument("--slots", type=int, default=None)
+    parser.add_argument("--opencv-pairs", type=int, default=8)
+    parser.add_argument("--slots", type=int, default=None, help="pairs iterated together (default: from memory)")
     parser.add_argument("--pairs-per-slot", type=int, default=4)
-    parser.add_argument("--chunk", type=int, default=10)
+    parser.add_argument("--chunk", type=int, default=None, help="inner iterations per scheduling step (default: 1 on CPU, 2 on GPU)")
+    parser.add_argument("--side-work", type=int, default=None, help="slots warped / median-filtered per step (default: slots/4)")
+    parser.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--no-parity", action="store_true", help="skip the ground-truth pairs")
     parser.add_argument("--no-video", action="store_true", help="skip the speed test")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     benchmark(video=None if args.no_video else args.video, pairs_dir=None if args.no_parity else args.pairs_dir,
-              n_pairs=args.n_pairs, size=(width, height), opencv_pairs=args.opencv_pairs,
-              slots=args.slots, pairs_per_slot=args.pairs_per_slot, chunk=args.chunk)
+              n_pairs=args.n_pairs, size=(width, height), opencv_pairs=args.opencv_pairs, slots=args.slots,
+              pairs_per_slot=args.pairs_per_slot, chunk=args.chunk, side_work=args.side_work, jit_compile=jit)
 
 
 if __name__ == "__main__":
