@@ -286,7 +286,7 @@ def load_video_inputs(stream: str, frames_path: str | os.PathLike, positions: Se
         for start in chunk:
             stored = np.concatenate([flows[t] for t in range(start, start + stack_length)], axis=-1)
             box = generators.centre_crop_box(*stored.shape[:2])
-            batch.append(generators._flow_input(stored, box, image_size, False))
+            batch.append(generators.flow_stack_input(stored, box, image_size, False))
         for t in [t for t in flows if t <= chunk[-1]]:  # the next stack starts after chunk[-1]
             del flows[t]
         yield np.stack(batch)

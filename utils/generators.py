@@ -192,7 +192,7 @@ def _frame_input(frame_rgb: np.ndarray, box, image_size: int, flip: bool) -> np.
     return x.astype(np.float32)
 
 
-def _flow_input(flow_uint8: np.ndarray, box, image_size: int, flip: bool) -> np.ndarray:
+def flow_stack_input(flow_uint8: np.ndarray, box, image_size: int, flip: bool) -> np.ndarray:
     """Crop + resize + dequantise + optional flip + mean subtraction of one stored flow stack.
 
     The same steps as ``normalize_flow_stack(flip_flow(dequantize_flow(crop)))``, with fewer copies.
@@ -240,7 +240,7 @@ def temporal_input(frames_path: PathLike, start: int, image_size: int = 224, sta
     Channels x1, y1, ..., xL, yL, each mean-subtracted and in units of ``FLOW_BOUND`` (20 px).
     """
     flow = read_flow_uint8(frames_path, start, stack_length)
-    return _flow_input(flow, centre_crop_box(*flow.shape[:2]), image_size, flip)
+    return flow_stack_input(flow, centre_crop_box(*flow.shape[:2]), image_size, flip)
 
 
 def spatial_inputs_for_video(frames_path: PathLike, frames: Sequence[int], image_size: int = 224, *,
@@ -267,7 +267,7 @@ def temporal_inputs_for_video(frames_path: PathLike, starts: Sequence[int], imag
     out = np.empty((len(starts), image_size, image_size, 2 * stack_length), np.float32)
     for n, s in enumerate(starts):
         flow = np.concatenate([planes[t] for t in range(int(s), int(s) + stack_length)], axis=-1)
-        out[n] = _flow_input(flow, centre_crop_box(*flow.shape[:2]), image_size, flip)
+        out[n] = flow_stack_input(flow, centre_crop_box(*flow.shape[:2]), image_size, flip)
     return out
 
 
@@ -453,7 +453,7 @@ class FlowStacks(_VideoBatches):
             start = int(rng.integers(1, n_starts + 1))
             flip = bool(rng.integers(2))
         flow = read_flow_uint8(self.frames_paths[row], start, self.stack_length)
-        return _flow_input(flow, self._box(*flow.shape[:2], rng), self.image_size, flip)
+        return flow_stack_input(flow, self._box(*flow.shape[:2], rng), self.image_size, flip)
 
 
 # ----------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     python -m utils.run                                # default dataset: hmdb51 if on disk, else demo
     python -m utils.run --dataset demo --quick         # the CI preset (QUICK below)
-    python -m utils.run --dataset hmdb51 -p split=2 -p spatial_epochs=12
+    python -m utils.run --dataset hmdb51 -p split=2 -p finetune_epochs=12
     python -m utils.run --from 03                      # 03, 04, 05
     python -m utils.run --only 04,05 -p whole_video_stride=2
 
@@ -231,14 +231,15 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, kernel_name: st
 
 def run_all(notebooks: Sequence[Path], parameters: dict, output_dir: Path,
             kernel_name: str = KERNEL_NAME, log_output: bool = False,
-            log: Callable[[str], None] = print) -> list[tuple[str, float]]:
+            log: Callable[[str], None] = print,
+            defined: dict[str, set[str]] | None = None) -> list[tuple[str, float]]:
     """Run ``notebooks`` in order; stop at the first failure (NotebookFailed). Returns (name, s) pairs.
 
     Each notebook receives the parameters its parameters cell defines (papermill would inject the
     others too, as unused variables, with a warning each).
     """
     times = []
-    defined = notebook_parameters(notebooks)
+    defined = notebook_parameters(notebooks) if defined is None else defined
     for i, notebook in enumerate(notebooks, start=1):
         log(f"[{i}/{len(notebooks)}] {notebook.name} ...")
         own = {k: v for k, v in parameters.items() if notebook.name in defined.get(k, ())}
@@ -274,14 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    defined = notebook_parameters(all_notebooks)
     if args.list:
-        defined = notebook_parameters(all_notebooks)
         for notebook in all_notebooks:
             names = sorted(n for n, where in defined.items() if notebook.name in where)
             print(f"{notebook.name}: {', '.join(names)}")
         return 0
 
-    unknown = unknown_parameters(parameters, all_notebooks)
+    unknown = sorted(name for name in parameters if name not in defined)
     if unknown:
         print(f"warning: no notebook's parameters cell defines {unknown}; check the spelling "
               f"(`python -m utils.run --list` shows them)", file=sys.stderr)
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_kernel(args.kernel)
         started, started_wall = time.perf_counter(), time.time()
-        times = run_all(notebooks, parameters, output_dir, args.kernel, args.log_output)
+        times = run_all(notebooks, parameters, output_dir, args.kernel, args.log_output, defined=defined)
     except NotebookFailed as error:
         print(f"\nFAILED: {error}", file=sys.stderr)
         return 1

@@ -49,20 +49,23 @@ import argparse
 import contextlib
 import logging
 import math
-import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import ops
 
+from utils.config import REPO_ROOT
+
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 MIN_PYRAMID_SIDE = 16            # OpenCV stops the pyramid before a level narrower than this
 CUBIC_A = -0.75                  # OpenCV's bicubic kernel parameter
+TEST_CLIPS = REPO_ROOT / "tests" / "data" / "hmdb51_clips"      # benchmark defaults: real HMDB51 clips
+TEST_FLOW_GT = REPO_ROOT / "tests" / "data" / "flow_gt"         # and pairs with ground-truth flow
 
 
 @dataclass(frozen=True)
@@ -132,13 +135,17 @@ def resize_linear(images, size: tuple[int, int], scale: tuple[float, float] | No
     scale factor, else (by default) ``1 / (dst/src)``. Gathers and weights, not matrix products,
     so the result stays full float32 on GPUs that default matrix products to TF32.
     """
+    images = ops.convert_to_tensor(images)
     src_h, src_w = images.shape[1], images.shape[2]
     dst_h, dst_w = size
     scale_y, scale_x = scale if scale is not None else (1.0 / (dst_h / src_h), 1.0 / (dst_w / src_w))
+    # Constants become tensors first: a NumPy array cannot meet a GPU tensor in a PyTorch operator.
     x0, x1, ax0, ax1 = _linear_taps(src_w, dst_w, scale_x)
+    ax0, ax1 = ops.convert_to_tensor(ax0), ops.convert_to_tensor(ax1)
     rows = ops.take(images, x0, axis=2) * ax0 + ops.take(images, x1, axis=2) * ax1
     y0, y1, ay0, ay1 = _linear_taps(src_h, dst_h, scale_y)
-    return ops.take(rows, y0, axis=1) * ay0[:, None] + ops.take(rows, y1, axis=1) * ay1[:, None]
+    ay0, ay1 = ops.convert_to_tensor(ay0[:, None]), ops.convert_to_tensor(ay1[:, None])
+    return ops.take(rows, y0, axis=1) * ay0 + ops.take(rows, y1, axis=1) * ay1
 
 
 def _cubic_weights(t):
@@ -157,13 +164,14 @@ def remap_cubic(images, flow_x, flow_y):
     float32[B, H, W]. Returns the list of warped images. Each tap is a gather of single values
     from a flat zero-padded copy (gathers of single values are the fast kind on every backend).
     """
+    flow_x, flow_y = ops.convert_to_tensor(flow_x), ops.convert_to_tensor(flow_y)
     batch, height, width = flow_x.shape
     pad = 4                                  # taps reach 2 px beyond the clamped corner below
     padded_h, padded_w = height + 2 * pad, width + 2 * pad
     tables = [ops.reshape(ops.pad(image, ((0, 0), (pad, pad), (pad, pad))), (-1,)) for image in images]
 
-    map_x = flow_x + np.arange(width, dtype=np.float32)[None, None, :]
-    map_y = flow_y + np.arange(height, dtype=np.float32)[None, :, None]
+    map_x = flow_x + ops.arange(width, dtype="float32")[None, None, :]
+    map_y = flow_y + ops.arange(height, dtype="float32")[:, None]
     floor_x, floor_y = ops.floor(map_x), ops.floor(map_y)
     wx = _cubic_weights(map_x - floor_x)
     wy = _cubic_weights(map_y - floor_y)
@@ -187,6 +195,7 @@ def remap_cubic(images, flow_x, flow_y):
 
 def _replicate_pad(x, radius: int):
     """Pad float32[B, H, W] by ``radius`` pixels on each side, repeating the border pixels."""
+    x = ops.convert_to_tensor(x)
     x = ops.concatenate([x[:, :1]] * radius + [x] + [x[:, -1:]] * radius, axis=1)
     return ops.concatenate([x[:, :, :1]] * radius + [x] + [x[:, :, -1:]] * radius, axis=2)
 
@@ -202,6 +211,7 @@ def centered_gradient(images):
 
 def forward_gradient(u):
     """OpenCV ``forwardGradient``: u[x+1] - u[x], 0 in the last column / row."""
+    u = ops.convert_to_tensor(u)
     zero_col = ops.zeros_like(u[:, :, :1])
     zero_row = ops.zeros_like(u[:, :1, :])
     dx = ops.concatenate([u[:, :, 1:] - u[:, :, :-1], zero_col], axis=2)
@@ -211,6 +221,7 @@ def forward_gradient(u):
 
 def divergence(v1, v2):
     """OpenCV ``divergence``: backward differences, the field is 0 outside the image."""
+    v1, v2 = ops.convert_to_tensor(v1), ops.convert_to_tensor(v2)
     v1x = v1 - ops.concatenate([ops.zeros_like(v1[:, :, :1]), v1[:, :, :-1]], axis=2)
     v2y = v2 - ops.concatenate([ops.zeros_like(v2[:, :1, :]), v2[:, :-1, :]], axis=1)
     return v1x + v2y
@@ -485,8 +496,9 @@ def tvl1_flow_batch(frames0, frames1, valid=None, *, params: TVL1Params = TVL1Pa
     two scheduling steps and must divide ``params.inner_iterations``; ``side_work`` slots at most
     are warped or median-filtered per step (default: a quarter of the slots).
     """
+    frames0, frames1 = ops.convert_to_tensor(frames0), ops.convert_to_tensor(frames1)
     pairs, height, width = frames0.shape
-    valid = ops.ones((pairs,), "bool") if valid is None else valid
+    valid = ops.ones((pairs,), "bool") if valid is None else ops.convert_to_tensor(valid)
     levels = len(pyramid_sizes(height, width, params.nscales, params.scale_step))
     flow = ops.zeros((pairs, 1, 1, 2), "float32")
     for level in reversed(range(levels)):
@@ -596,7 +608,8 @@ class TVL1Keras:
     default from device memory), ``pairs_per_slot`` (queue depth: pairs per call = slots x this),
     ``chunk`` (inner iterations between scheduling steps), ``side_work`` (slots warped or
     median-filtered per step, default a quarter of the slots), ``jit_compile`` (passed to
-    ``Model.compile``; ``"auto"`` compiles with XLA on TensorFlow and JAX).
+    ``Model.compile``; ``"auto"``: XLA with JAX, and with TensorFlow when a GPU is present;
+    PyTorch runs eagerly).
     After each call, ``last_steps`` holds the scheduling steps each level took (coarsest first).
     """
 
@@ -647,7 +660,8 @@ class TVL1Keras:
         """Flow from ``frames0[i]`` to ``frames1[i]``: uint8[N, H, W] x2 -> float32[N, H, W, 2]."""
         frames0, frames1 = np.asarray(frames0), np.asarray(frames1)
         if frames0.shape != frames1.shape or frames0.ndim != 3 or frames0.shape[0] < 1:
-            raise ValueError(f"expected two uint8[N, H, W] stacks of the same shape, got {frames0.shape} and {frames1.shape}")
+            raise ValueError(f"expected two uint8[N, H, W] stacks of the same shape, "
+                             f"got {frames0.shape} and {frames1.shape}")
         if frames0.dtype != np.uint8 or frames1.dtype != np.uint8:
             raise ValueError(f"expected uint8 grayscale frames, got {frames0.dtype} and {frames1.dtype}")
         n, height, width = frames0.shape
@@ -676,7 +690,8 @@ class TVL1Keras:
         """Flow between consecutive frames: uint8[T, H, W] -> float32[T-1, H, W, 2]."""
         gray_frames = np.asarray(gray_frames)
         if gray_frames.dtype != np.uint8 or gray_frames.ndim != 3 or gray_frames.shape[0] < 2:
-            raise ValueError(f"expected grayscale frames uint8[T>=2, H, W], got {gray_frames.dtype}{list(gray_frames.shape)}")
+            raise ValueError(f"expected grayscale frames uint8[T>=2, H, W], "
+                             f"got {gray_frames.dtype}{list(gray_frames.shape)}")
         return self.pairs(gray_frames[:-1], gray_frames[1:])
 
     __call__ = video
@@ -808,7 +823,7 @@ class _MemoryMonitor:
         return f"host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
 
 
-def benchmark(video: str | Path | None = "tests/data/hmdb51_clips", pairs_dir: str | Path | None = "tests/data/flow_gt",
+def benchmark(video: str | Path | None = TEST_CLIPS, pairs_dir: str | Path | None = TEST_FLOW_GT,
               n_pairs: int = 64, size: tuple[int, int] = (320, 240), opencv_pairs: int = 8, **options) -> dict:
     """Print and return the speed of :class:`TVL1Keras` and its parity with OpenCV.
 
@@ -847,7 +862,8 @@ def benchmark(video: str | Path | None = "tests/data/hmdb51_clips", pairs_dir: s
                       first_call_s=round(compile_s, 1), keras_pairs_per_s=n / keras_s,
                       opencv_pairs_per_s=k / opencv_s, opencv_threads=_opencv_threads(),
                       video_mean_abs_diff=float(np.abs(ours[:k] - reference).mean()), memory=memory.report())
-        print(f"speed, {n} pairs at {result['size']} from {video.name}: keras {result['keras_pairs_per_s']:.2f} pairs/s "
+        print(f"speed, {n} pairs at {result['size']} from {video.name}: "
+              f"keras {result['keras_pairs_per_s']:.2f} pairs/s "
               f"(calls of {call} pairs, {slots} slots, chunk {flow.chunk}, scheduling steps per level "
               f"{flow.last_steps}; first call incl. compiling {compile_s:.1f} s), OpenCV "
               f"{result['opencv_pairs_per_s']:.2f} pairs/s ({result['opencv_threads']} threads, {k} pairs); "
@@ -871,15 +887,18 @@ def _opencv_threads() -> int:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Benchmark batched Keras TV-L1 against OpenCV (speed and parity).")
-    parser.add_argument("--video", default="tests/data/hmdb51_clips", help="clip, or folder of clips (first one is used)")
-    parser.add_argument("--pairs-dir", default="tests/data/flow_gt", help="folder of <pair>/frame1.png, frame2.png, gt.flo")
+    parser.add_argument("--video", default=str(TEST_CLIPS), help="clip, or folder of clips (first one is used)")
+    parser.add_argument("--pairs-dir", default=str(TEST_FLOW_GT),
+                        help="folder of <pair>/frame1.png, frame2.png, gt.flo")
     parser.add_argument("--n-pairs", type=int, default=64)
     parser.add_argument("--size", default="320x240", help="WxH the clip's frames are resized to")
     parser.add_argument("--opencv-pairs", type=int, default=8)
     parser.add_argument("--slots", type=int, default=None, help="pairs iterated together (default: from memory)")
     parser.add_argument("--pairs-per-slot", type=int, default=4)
-    parser.add_argument("--chunk", type=int, default=None, help="inner iterations per scheduling step (default: 1 on CPU, 2 on GPU)")
-    parser.add_argument("--side-work", type=int, default=None, help="slots warped / median-filtered per step (default: slots/4)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="inner iterations per scheduling step (default: 1 on CPU, 2 on GPU)")
+    parser.add_argument("--side-work", type=int, default=None,
+                        help="slots warped / median-filtered per step (default: slots/4)")
     parser.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--no-parity", action="store_true", help="skip the ground-truth pairs")
     parser.add_argument("--no-video", action="store_true", help="skip the speed test")
