@@ -11,7 +11,7 @@ from utils.flow import (FLOW_BOUND, FlowMethodUnavailable, compute_flow, dequant
                         flow_to_color, make_video_flow, quantize_flow, read_flo, register_flow_method)
 
 GT_DIR = Path(__file__).parent / "data" / "flow_gt" / "mb_RubberWhale"
-REFERENCE_TVL1_EPE = 0.157      # /work/shared/data/README.md: OpenCV 5.0 TV-L1 defaults, grayscale, 1 thread
+REFERENCE_TVL1_EPE = 0.157      # reference table of the shared data README (see tests/data/PROVENANCE.md): OpenCV 5.0 TV-L1 defaults, grayscale, 1 thread
 HALF_STEP = 2 * FLOW_BOUND / 255 / 2
 
 

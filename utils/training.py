@@ -123,7 +123,7 @@ def configure(seed: int | None = 0, mixed_precision: bool = False, data_parallel
         data_parallel: ``True`` replicates the model on every device and splits each batch between
             them (``keras.distribution.DataParallel``). Supported on the **JAX backend** (Keras'
             TensorFlow implementation is a prototype; on TensorFlow use a
-            ``tf.distribute.MirroredStrategy`` scope in your own script instead). Every batch
+            TensorFlow MirroredStrategy scope in your own script instead). Every batch
             must split evenly over the devices: use a batch size that is a multiple of their
             number, and a dataset whose last batch is too (NumPy ``(x, y)`` tuples given to the
             training functions are cut to whole batches; a PyDataset's last, smaller batch is
