@@ -943,14 +943,9 @@ class Bench:
 # Stage helpers (module level, so spawned worker processes can import them)
 # ================================================================================================
 def _flow_callable(method: str):
-    """Per-video flow callable for ``method``; adds DIS ultrafast if the registry has no such name."""
+    """Per-video flow callable for ``method`` (a name of the ``utils.flow`` registry)."""
     from utils import flow
-    if method in flow.FLOW_METHODS:
-        return flow.make_video_flow(method)
-    if method == "dis-ultrafast":       # not registered in utils.flow: build it the same way
-        algorithm = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        return flow.pairwise(lambda prev, nxt: algorithm.calc(prev, nxt, None))
-    return flow.make_video_flow(method)   # raises the registry's "unknown method" error
+    return flow.make_video_flow(method)
 
 
 def _pair_stepper(fn, frames: np.ndarray) -> Callable[[], int]:

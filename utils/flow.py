@@ -255,7 +255,9 @@ register_flow_method("farneback", _farneback,
                      description="Farneback polynomial expansion (OpenCV tutorial settings); fast, blurry edges")
 register_flow_method("dis", lambda: _dis("medium"), description="DIS optical flow, medium preset (same as 'dis-medium')")
 register_flow_method("dis-medium", lambda: _dis("medium"), description="DIS optical flow, medium preset")
-register_flow_method("dis-fast", lambda: _dis("fast"), description="DIS optical flow, fast preset; fastest, least accurate")
+register_flow_method("dis-fast", lambda: _dis("fast"), description="DIS optical flow, fast preset")
+register_flow_method("dis-ultrafast", lambda: _dis("ultrafast"),
+                     description="DIS optical flow, ultrafast preset; fastest, least accurate")
 
 
 # --- accelerator methods (in-process batched), imported only when used --------------------------
