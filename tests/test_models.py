@@ -4,6 +4,8 @@ ResNet-50s are built at 32x32 (its smallest input) and trained eagerly (tracing 
 train step costs more than a few eager steps on a CPU). Tests marked ``backend_smoke`` are
 re-run under JAX by tests/test_backends.py.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,24 @@ def test_weights_file_really_loads_into_the_backbone(backbone_file):
         np.testing.assert_array_equal(a, b)
     kernels = [i for i, w in enumerate(saved) if w.ndim == 4]
     assert all(not np.array_equal(fresh_w[i], saved[i]) for i in kernels)
+
+
+def test_from_scratch_residual_blocks_start_as_the_identity(backbone_file):
+    def last_bn_gammas(backbone):   # the last BatchNorm of each of the 3 + 4 + 6 + 3 bottleneck blocks
+        return [np.asarray(l.gamma) for l in backbone.layers if re.fullmatch(r"conv\d_block\d+_3_bn", l.name)]
+
+    scratch = models.get_backbone(models.build_spatial_model(3, image_size=SIZE, weights=None))
+    gammas = last_bn_gammas(scratch)
+    assert len(gammas) == 16 and not any(g.any() for g in gammas)
+    assert np.asarray(scratch.get_layer("conv2_block1_1_bn").gamma).all()     # other BN layers untouched
+    off = models.get_backbone(models.build_spatial_model(3, image_size=SIZE, weights=None,
+                                                         zero_init_residual=False))
+    assert all(g.all() for g in last_bn_gammas(off))
+    path, _, saved = backbone_file
+    pretrained = models.get_backbone(models.build_spatial_model(3, image_size=SIZE, weights=path))
+    for layer in pretrained.layers:   # loaded weights are never zeroed
+        if re.fullmatch(r"conv\d_block\d+_3_bn", layer.name):
+            np.testing.assert_array_equal(layer.get_weights()[0], saved[layer.name][0])
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):

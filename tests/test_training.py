@@ -192,6 +192,16 @@ def test_default_settings_per_dataset():
         training.default_settings("temporal", "demo", epoch=3)
 
 
+def test_from_scratch_spatial_presets_skip_the_warm_up():
+    for dataset in ("demo", "hmdb51"):
+        scratch = training.default_settings("spatial", dataset, pretrained=False)
+        assert scratch["warmup_epochs"] == 0
+    assert training.default_settings("spatial", "hmdb51", pretrained=False)["finetune_learning_rate"] == 0.01
+    assert training.default_settings("spatial", "demo", pretrained=False)["optimizer"] == "adamw"
+    assert training.default_settings("spatial", "demo", pretrained=False, warmup_epochs=1)["warmup_epochs"] == 1
+    assert training.default_settings("temporal", "demo", pretrained=False) == training.default_settings("temporal", "demo")
+
+
 @pytest.mark.backend_smoke
 def test_mixed_precision_keeps_the_softmax_in_float32():
     try:

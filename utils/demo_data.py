@@ -20,9 +20,13 @@ Each stream alone should reach about 1/3 accuracy; fused, close to 100 %.
 
 Everything else is a nuisance drawn per clip independently of the class: speed, size and
 texture of the square, its grayscale brightness, start position, clip length, JPEG quality,
-a slow camera drift on some clips. Clips share a *source* (same background, like clips cut
-from one movie), so the grouped train/validation carve-out of :mod:`utils.dataset` has real
-work to do, and the official-style split files keep each source on one side.
+a slow camera drift on some clips. The background is grey (all colour in a frame is the
+square's) and belongs to a *source*: like a film that gives HMDB51 clips of many actions,
+each source holds one clip of every class on its own background. So the background tells a
+network which source a clip comes from but nothing about its class - a network that
+memorises backgrounds gains nothing on new sources - and the grouped train/validation
+carve-out of :mod:`utils.dataset` has real work to do (a source spans all classes); the
+official-style split files keep each source on one side.
 
 Files follow HMDB51 exactly::
 
@@ -49,7 +53,7 @@ import numpy as np
 
 from .config import Config, dataset_root
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "demo_dataset.json"
 
 # --------------------------------------------------------------------------------------
@@ -70,9 +74,9 @@ DEMO_CLASSES = {
 DEFAULT_OPTIONS = dict(
     frame_size=(64, 64),       # (width, height) in pixels
     frames=(14, 18),           # clip length range in frames (inclusive); >= stack_length + 1
-    clips_per_class=15,        # distinct videos per class
-    test_per_split=4,          # test clips per class in each split (code 2)
-    unused_per_split=1,        # clips per class left out of each split (code 0); the rest train (1)
+    clips_per_class=15,        # sources; each holds one clip of every class
+    test_per_split=4,          # test sources (so test clips per class) in each split (code 2)
+    unused_per_split=1,        # sources left out of each split (code 0); the rest train (1)
     fps=25,
 )
 """Size options of :func:`make_demo_dataset` (all can be overridden by keyword)."""
@@ -104,12 +108,11 @@ _DIRECTION_JITTER = 15.0             # degrees around the class direction
 _CHROMA = (28.0, 38.0)               # saturation of the square (radius in the Cb-Cr plane)
 _HUE_JITTER = 10.0                   # degrees around the class hue
 _LUMA_LIMITS = (55.0, 180.0)         # luma range of the square's pixels: its colours never clip
-_BACKGROUND_LUMA = (30.0, 215.0)     # luma range of the background (faint tint: never clips either)
+_BACKGROUND_LUMA = (30.0, 215.0)     # luma range of the background (grey, so it never clips)
 _SQUARE_LUMA = (65.0, 170.0)         # range of the square's mean luma
 _CAMERA_MOTION_SHARE = 0.25          # share of clips with a slow camera drift ("cm")
 _CAMERA_SPEED = (0.004, 0.008)       # per frame (0.25-0.5 px at 64 px)
 _JPEG_QUALITY = {"goo": 95, "med": 85, "bad": 75}   # MJPG quality by the file name's quality tag
-_GROUP_SIZES = (2, 3, 4)             # clips per source within a class (plus two single clips)
 
 
 def demo_class_factors(class_name: str) -> tuple[str, str]:
@@ -162,8 +165,8 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float
     return (texture - texture.mean()) / (texture.std() + 1e-6)
 
 
-def _background(seed: int, mean: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """A source's background: luma (H x W float32) around ``mean`` and a faint constant chroma tint (Cb, Cr)."""
+def _background(seed: int, mean: float, height: int, width: int) -> np.ndarray:
+    """A source's background: grey, its luma (H x W float32) a texture around ``mean``."""
     rng = np.random.default_rng(seed)
     size = min(height, width)
     texture = (0.6 * _smooth_noise(rng, height, width, size / 4)
@@ -171,9 +174,7 @@ def _background(seed: int, mean: float, height: int, width: int) -> tuple[np.nda
                + 0.25 * _smooth_noise(rng, height, width, 2.0))
     texture /= texture.std()
     luma = mean + rng.uniform(15, 28) * texture
-    angle, radius = np.deg2rad(rng.uniform(0, 360)), rng.uniform(0, 10)
-    tint = np.array([radius * np.cos(angle), radius * np.sin(angle)], np.float32)
-    return np.clip(luma, *_BACKGROUND_LUMA).astype(np.float32), tint
+    return np.clip(luma, *_BACKGROUND_LUMA).astype(np.float32)
 
 
 def _ycbcr_to_rgb(luma: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
@@ -192,7 +193,7 @@ def render_luma_and_chroma(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
     """
     width, height, steps = spec.width, spec.height, spec.n_frames
     margin = spec.background_margin
-    bg_luma, tint = _background(spec.background_seed, spec.background_luma,
+    bg_luma = _background(spec.background_seed, spec.background_luma,
                                 height + 2 * margin, width + 2 * margin)
 
     texture_rng = np.random.default_rng(spec.texture_seed)
@@ -223,7 +224,7 @@ def render_luma_and_chroma(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
                             borderMode=cv2.BORDER_REFLECT)
         # obj is already "premultiplied": the warp blends the square with the zeros around it.
         lumas[t] = bg * (1 - a) + obj
-        chromas[t] = tint * (1 - a[..., None]) + colour * a[..., None]
+        chromas[t] = colour * a[..., None]          # the background is grey: all colour is the square's
     return lumas, chromas
 
 
@@ -276,118 +277,81 @@ def _options(size_options: dict) -> dict:
     return options
 
 
-def _group_sizes(rng: np.random.Generator, total: int, n_test: int, n_unused: int) -> list[int]:
-    """Clips per source for one class, summing to ``total``.
-
-    A few sources hold a single clip (so that exactly ``n_unused`` clips can be left out of a
-    split), and no source holds more clips than the test part, so whole sources can fill it.
-    """
-    sizes = [1] * min(total, max(2, n_unused + 1))
-    largest = max(1, min(max(_GROUP_SIZES), n_test))
-    while sum(sizes) < total:
-        size = min(int(rng.choice(_GROUP_SIZES)), largest)
-        sizes.append(min(size, total - sum(sizes)))
-    return [int(s) for s in rng.permutation(sizes)]
-
-
 def plan_clips(seed: int = 0, **size_options) -> list[ClipSpec]:
-    """Specs of all clips, class by class; deterministic for a seed (nothing is rendered)."""
+    """Specs of all clips, class by class; deterministic for a seed (nothing is rendered).
+
+    There are ``clips_per_class`` sources ("movies"), and each holds one clip of every class,
+    all on the source's background: as in HMDB51, where one film gives clips of many actions,
+    the background says which film a clip comes from, never which action it shows.
+    """
     options = _options(size_options)
     width, height = options["frame_size"]
     short = min(width, height)
     margin = int(np.ceil(_CAMERA_SPEED[1] * short * options["frames"][1])) + 2
+    sources = []
+    for number in range(options["clips_per_class"]):
+        rng = np.random.default_rng([seed, 1, number])
+        sources.append((f"demosrc{number:02d}", int(rng.integers(2**31)), float(rng.uniform(85, 150))))
     specs: list[ClipSpec] = []
-    source_number = 0
     for class_index, (class_name, factors) in enumerate(DEMO_CLASSES.items()):
-        rng = np.random.default_rng([seed, 1, class_index])
-        for group_size in _group_sizes(rng, options["clips_per_class"], options["test_per_split"],
-                                      options["unused_per_split"]):
-            source = f"demosrc{source_number:02d}"
-            background_seed = int(rng.integers(2**31))
-            background_luma = rng.uniform(85, 150)
-            source_number += 1
-            for clip in range(group_size):
-                direction = float(rng.choice(MOTIONS[factors["motion"]]))
-                direction += rng.uniform(-_DIRECTION_JITTER, _DIRECTION_JITTER)
-                speed = rng.uniform(*_SPEED) * short
-                angle = np.deg2rad(direction)
-                # The square is brighter or darker than the background, by 25-50 grey levels.
-                contrast = rng.uniform(25, 50) * rng.choice([-1.0, 1.0])
-                if not _SQUARE_LUMA[0] <= background_luma + contrast <= _SQUARE_LUMA[1]:
-                    contrast = -contrast
-                luma_mean = background_luma + contrast
-                camera = rng.random() < _CAMERA_MOTION_SHARE
-                camera_angle = np.deg2rad(rng.uniform(0, 360))
-                camera_speed = rng.uniform(*_CAMERA_SPEED) * short if camera else 0.0
-                quality = str(rng.choice(list(_JPEG_QUALITY)))
-                meta = (str(rng.choice(["f", "u", "l", "h"])), "cm" if camera else "nm", "np1",
-                        str(rng.choice(["fr", "ba", "le", "ri"])), quality)
-                specs.append(ClipSpec(
-                    class_name=class_name, source=source, clip=clip,
-                    n_frames=int(rng.integers(options["frames"][0], options["frames"][1] + 1)),
-                    width=width, height=height,
-                    hue=APPEARANCES[factors["appearance"]] + rng.uniform(-_HUE_JITTER, _HUE_JITTER),
-                    chroma=rng.uniform(*_CHROMA),
-                    side=int(round(rng.uniform(*_OBJECT_SIDE) * short)),
-                    luma_mean=luma_mean, luma_std=rng.uniform(14, 26),
-                    start=(rng.uniform(0, width), rng.uniform(0, height)),
-                    velocity=(speed * np.cos(angle), speed * np.sin(angle)),
-                    camera_velocity=(camera_speed * np.cos(camera_angle), camera_speed * np.sin(camera_angle)),
-                    jpeg_quality=_JPEG_QUALITY[quality],
-                    texture_seed=int(rng.integers(2**31)), background_seed=background_seed,
-                    background_luma=background_luma, background_margin=margin,
-                    meta=meta,
-                ))
+        for number, (source, background_seed, background_luma) in enumerate(sources):
+            rng = np.random.default_rng([seed, 1, number, class_index])
+            direction = float(rng.choice(MOTIONS[factors["motion"]]))
+            direction += rng.uniform(-_DIRECTION_JITTER, _DIRECTION_JITTER)
+            speed = rng.uniform(*_SPEED) * short
+            angle = np.deg2rad(direction)
+            # The square is brighter or darker than the background, by 25-50 grey levels.
+            contrast = rng.uniform(25, 50) * rng.choice([-1.0, 1.0])
+            if not _SQUARE_LUMA[0] <= background_luma + contrast <= _SQUARE_LUMA[1]:
+                contrast = -contrast
+            camera = rng.random() < _CAMERA_MOTION_SHARE
+            camera_angle = np.deg2rad(rng.uniform(0, 360))
+            camera_speed = rng.uniform(*_CAMERA_SPEED) * short if camera else 0.0
+            quality = str(rng.choice(list(_JPEG_QUALITY)))
+            meta = (str(rng.choice(["f", "u", "l", "h"])), "cm" if camera else "nm", "np1",
+                    str(rng.choice(["fr", "ba", "le", "ri"])), quality)
+            specs.append(ClipSpec(
+                class_name=class_name, source=source, clip=0,
+                n_frames=int(rng.integers(options["frames"][0], options["frames"][1] + 1)),
+                width=width, height=height,
+                hue=APPEARANCES[factors["appearance"]] + rng.uniform(-_HUE_JITTER, _HUE_JITTER),
+                chroma=rng.uniform(*_CHROMA),
+                side=int(round(rng.uniform(*_OBJECT_SIDE) * short)),
+                luma_mean=background_luma + contrast, luma_std=rng.uniform(14, 26),
+                start=(rng.uniform(0, width), rng.uniform(0, height)),
+                velocity=(speed * np.cos(angle), speed * np.sin(angle)),
+                camera_velocity=(camera_speed * np.cos(camera_angle), camera_speed * np.sin(camera_angle)),
+                jpeg_quality=_JPEG_QUALITY[quality],
+                texture_seed=int(rng.integers(2**31)), background_seed=background_seed,
+                background_luma=background_luma, background_margin=margin,
+                meta=meta,
+            ))
     return specs
 
 
 def plan_splits(specs: list[ClipSpec], seed: int = 0, **size_options) -> dict[int, dict[str, int]]:
     """``{split: {filename: code}}`` for splits 1-3: whole sources go to test (2), unused (0) or train (1).
 
-    Each class gets exactly ``test_per_split`` test and ``unused_per_split`` unused clips in
-    every split; the three splits are different draws, as in HMDB51.
+    Each split draws ``test_per_split`` test sources and ``unused_per_split`` unused ones, so
+    every class gets exactly that many test and unused clips, and no source (background) is
+    seen on both sides; the three splits are different draws, as in HMDB51.
     """
     options = _options(size_options)
     n_test, n_unused = options["test_per_split"], options["unused_per_split"]
-    splits: dict[int, dict[str, int]] = {1: {}, 2: {}, 3: {}}
-    for class_index, class_name in enumerate(DEMO_CLASSES):
-        groups: dict[str, list[str]] = {}
-        for spec in specs:
-            if spec.class_name == class_name:
-                groups.setdefault(spec.source, []).append(spec.filename)
-        names = sorted(groups)
-        previous = []
-        for split in (1, 2, 3):
-            rng = np.random.default_rng([seed, 2, class_index, split])
-            valid = None   # the first valid draw, used if no draw differs from the earlier splits
-            for _ in range(1000):
-                codes = _assign_groups(rng, names, groups, n_test, n_unused)
-                valid = valid or codes
-                if codes is not None and codes not in previous:
-                    break
-            else:
-                codes = valid
-            if codes is None:
-                raise ValueError(f"cannot split {class_name} into {n_test} test and {n_unused} unused "
-                                 f"clips by whole sources ({ {n: len(g) for n, g in groups.items()} })")
-            previous.append(codes)
-            splits[split].update(codes)
+    sources = sorted({spec.source for spec in specs})
+    splits: dict[int, dict[str, int]] = {}
+    drawn: list[tuple] = []
+    for split in (1, 2, 3):
+        rng = np.random.default_rng([seed, 2, split])
+        for _ in range(1000):   # a draw that differs from the earlier splits (when there is one)
+            order = [sources[i] for i in rng.permutation(len(sources))]
+            roles = (tuple(sorted(order[:n_test])), tuple(sorted(order[n_test:n_test + n_unused])))
+            if roles not in drawn:
+                break
+        drawn.append(roles)
+        code = {**{s: 1 for s in sources}, **{s: 2 for s in roles[0]}, **{s: 0 for s in roles[1]}}
+        splits[split] = {spec.filename: code[spec.source] for spec in specs}
     return splits
-
-
-def _assign_groups(rng, names, groups, n_test, n_unused) -> dict[str, int] | None:
-    """One random filling of test then unused by whole sources; None if the counts cannot be met."""
-    codes, counts = {}, {2: 0, 0: 0}
-    targets = {2: n_test, 0: n_unused}
-    for name in (names[i] for i in rng.permutation(len(names))):
-        size = len(groups[name])
-        code = next((c for c in (2, 0) if counts[c] + size <= targets[c]), 1)
-        if code != 1:
-            counts[code] += size
-        codes.update({filename: code for filename in groups[name]})
-    if counts != targets or not any(code == 1 for code in codes.values()):
-        return None
-    return codes
 
 
 def _split_file_text(codes: dict[str, int], filenames: list[str]) -> str:

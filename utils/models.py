@@ -29,6 +29,7 @@ probabilities and loss).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
 
 
 def build_spatial_model(num_classes: int, image_size: int = 224, weights: str | os.PathLike | None = "imagenet",
-                        dropout: float = 0.5, bn_momentum: float | None = None) -> keras.Model:
+                        dropout: float = 0.5, bn_momentum: float | None = None,
+                        zero_init_residual: bool | None = None) -> keras.Model:
     """Spatial stream: ResNet-50 backbone + global average pooling + dropout + softmax.
 
     Args:
@@ -118,6 +120,9 @@ def build_spatial_model(num_classes: int, image_size: int = 224, weights: str | 
         dropout: dropout rate before the classifier.
         bn_momentum: if given, the backbone's BatchNorm momentum (see :func:`set_batchnorm_momentum`;
             useful with ``weights=None``); ``None`` keeps Keras' 0.99.
+        zero_init_residual: start every residual block as the identity
+            (:func:`zero_init_residual_branches`); ``None``: when training from scratch
+            (``weights=None``) and never over loaded weights.
 
     Inputs are frames preprocessed like ImageNet ResNet-50's (caffe style: BGR minus the ImageNet
     mean), which :class:`utils.generators.SpatialFrames` does. The backbone is the nested layer
@@ -127,11 +132,33 @@ def build_spatial_model(num_classes: int, image_size: int = 224, weights: str | 
     backbone = resnet50_backbone(image_size, 3, weights)
     if bn_momentum is not None:
         set_batchnorm_momentum(backbone, bn_momentum)
+    if zero_init_residual is None:
+        zero_init_residual = weights is None
+    if zero_init_residual:
+        zero_init_residual_branches(backbone)
     inputs = keras.Input((image_size, image_size, 3), name="frame")
     x = backbone(inputs)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = _classifier(x, num_classes, dropout)
     return keras.Model(inputs, outputs, name="spatial_resnet50")
+
+
+def zero_init_residual_branches(backbone) -> int:
+    """Set the scale (gamma) of the last BatchNorm of every residual branch to 0; returns how many.
+
+    Each bottleneck block then starts as the identity, so a ResNet trained from scratch starts
+    as a shallow network and trains faster and more stably (Goyal et al. 2017, "Accurate,
+    large minibatch SGD"; torchvision's ``zero_init_residual``). Meant for a randomly
+    initialised backbone: on pretrained weights it would undo the pretraining.
+    """
+    count = 0
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization) and re.fullmatch(r"conv\d_block\d+_3_bn", layer.name):
+            layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+            count += 1
+    if count == 0:
+        raise ValueError(f"zero_init_residual_branches: {backbone.name!r} has no 'convN_blockM_3_bn' layers")
+    return count
 
 
 # ----------------------------------------------------------------------------------------

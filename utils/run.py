@@ -39,6 +39,7 @@ QUICK: dict[str, object] = {
     "max_videos": 40,          # 00: clips opened to measure lengths
     "flow_method": "dis",      # 01: DIS flow, ~20x faster to extract than TV-L1
     "weights": None,           # 02: ResNet-50 from scratch (CI machines cannot download ImageNet weights)
+    "frames_per_video": 2,     # 02: frames per training video and epoch
     "finetune_epochs": 2,      # 02: epochs of the spatial stream
     "temporal_epochs": 2,      # 03: epochs of the temporal stream
     "whole_video_stride": 2,   # 05: every 2nd frame / stack in the whole-video protocol
