@@ -20,7 +20,8 @@ in Keras 3, ``layer.trainable = False`` on a BatchNormalization layer also makes
 inference mode (``BatchNormalization.call`` uses batch statistics only when ``training and
 self.trainable``), and keeps its moving mean/variance and its scale/offset fixed. Only when the
 backbone is trained from scratch (``weights=None``: no statistics worth keeping) should BN
-train - ``unfreeze_backbone(..., train_batchnorm=True)``.
+train - ``unfreeze_backbone(..., train_batchnorm=True)``; such a backbone also starts with every
+residual block as the identity (:func:`zero_init_residual_branches`).
 
 All layers are stock Keras layers: checkpoints load with plain ``keras.saving.load_model``.
 Under a ``mixed_float16`` policy the softmax layers compute in float32 (numerically safe
