@@ -193,8 +193,7 @@ def render_luma_and_chroma(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
     """
     width, height, steps = spec.width, spec.height, spec.n_frames
     margin = spec.background_margin
-    bg_luma = _background(spec.background_seed, spec.background_luma,
-                                height + 2 * margin, width + 2 * margin)
+    bg_luma = _background(spec.background_seed, spec.background_luma, height + 2 * margin, width + 2 * margin)
 
     texture_rng = np.random.default_rng(spec.texture_seed)
     texture = 0.7 * _smooth_noise(texture_rng, spec.side, spec.side, 3.0) + 0.5 * _smooth_noise(
