@@ -79,8 +79,9 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
     assert (tmp_path / "best.keras").stat().st_mtime_ns == best_written
     assert not list(tmp_path.glob("*.tmp*"))
     assert (history["phase"] == "train").all() and np.isfinite(history["loss"]).all()
+    # Extending 1 -> 2 epochs keeps the rate of epoch 0 and continues from where the plan was (its floor).
     lr = history["learning_rate"].to_numpy()
-    np.testing.assert_allclose(lr, [training.cosine_schedule(0.05, 0, 2)(e) for e in (0, 1)], rtol=1e-5)
+    np.testing.assert_allclose(lr, [0.05, training.cosine_schedule(0.05, 0, 1)(1)], rtol=1e-5)
 
     # Asking again for the same total does nothing but load the model.
     again = _tiny_temporal(seed=3)
@@ -93,6 +94,122 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
     # resume=False starts over.
     history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, resume=False, **kw)
     assert history["epoch"].tolist() == [0]
+
+
+def test_extending_a_run_never_raises_the_learning_rate(tmp_path):
+    train, val = _arrays(8), _arrays(4, seed=1)
+    kw = dict(learning_rate=0.1, batch_size=4, verbose=0, patience=None)
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=3, **kw)
+    history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=6, **kw)
+    lr = history["learning_rate"].to_numpy()
+    np.testing.assert_allclose(lr[:3], [training.cosine_schedule(0.1, 0, 3)(e) for e in range(3)], rtol=1e-5)
+    assert (np.diff(lr) <= 1e-9).all(), lr                          # before: 0.1, 0.075, 0.026, then 0.051
+    state = training.read_state(tmp_path)
+    assert [s["end_epoch"] for s in state["schedule"]] == [3, 6]
+    # the same plan again (a plain resume) adds nothing
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=6, **kw)
+    assert len(training.read_state(tmp_path)["schedule"]) == 2
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    train, val = _arrays(8), _arrays(4, seed=1)
+    kw = dict(batch_size=4, verbose=0, patience=None)
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, learning_rate=0.05, **kw)
+    before = (tmp_path / "last.keras").read_bytes()
+    with pytest.raises(ValueError, match=r"other settings \(learning_rate: 0.05 there, 0.1 now\).*resume=False"):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, learning_rate=0.1, **kw)
+    with pytest.raises(ValueError, match="train_data.fingerprint"):
+        training.train_temporal(_tiny_temporal(), _arrays(8, seed=5), val, tmp_path, epochs=2,
+                                learning_rate=0.05, **kw)
+    with pytest.raises(ValueError, match="model.parameters"):
+        wider = models.build_temporal_model(3, image_size=32, stack_length=2, width=0.25, dropout=0.0)
+        training.train_temporal(wider, train, val, tmp_path, epochs=2, learning_rate=0.05, **kw)
+    with pytest.raises(ValueError, match="run_info.flow_method: 'tvl1' there, 'dis' now"):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path / "b", epochs=1, learning_rate=0.05,
+                                run_info={"flow_method": "tvl1"}, **kw)
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path / "b", epochs=2, learning_rate=0.05,
+                                run_info={"flow_method": "dis"}, **kw)
+    assert (tmp_path / "last.keras").read_bytes() == before           # nothing was touched
+    history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, learning_rate=0.1,
+                                      resume=False, **kw)
+    assert history["epoch"].tolist() == [0]
+
+
+def test_early_stopping_resumes_with_its_counter(tmp_path):
+    train, val = _arrays(8), _arrays(4, seed=1)
+    kw = dict(learning_rate=0.05, batch_size=4, verbose=0, patience=3)
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, **kw)
+    state = training.read_state(tmp_path)
+    assert state["early_stopping"]["phase"] == "train" and state["early_stopping"]["wait"] in (0, 1)
+    # Two epochs without improvement so far, against a best no epoch can beat: one more ends the run.
+    state["early_stopping"].update(wait=2, best=2.0)
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=6, **kw)
+    assert history["epoch"].tolist() == [0, 1, 2], history     # a fresh counter would have run to epoch 5
+    assert training.read_state(tmp_path)["stopped_early"]
+
+
+def test_a_crash_while_saving_never_replaces_a_good_checkpoint(tmp_path, monkeypatch):
+    train, val = _arrays(8), _arrays(4, seed=1)
+    kw = dict(learning_rate=0.05, batch_size=4, verbose=0, patience=None)
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, **kw)
+    best, last = (tmp_path / "best.keras").read_bytes(), (tmp_path / "last.keras").read_bytes()
+
+    # A run killed while writing best.tmp.keras left 19,647 bytes of it; the next epoch saves no best.
+    (tmp_path / "best.tmp.keras").write_bytes(best[:19_647])
+    state = json.loads((tmp_path / "state.json").read_text())
+    (tmp_path / "state.json").write_text(json.dumps({**state, "best": 2.0}))
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, **kw)
+    assert (tmp_path / "best.keras").read_bytes() == best          # before: the truncated file became best.keras
+    assert not list(tmp_path.glob("*.tmp*"))
+    keras.saving.load_model(tmp_path / "best.keras")
+
+    # A write cut short in this run (disk full): the commit refuses it and keeps the good files.
+    last = (tmp_path / "last.keras").read_bytes()
+    real_save = keras.Model.save
+
+    def truncated_save(model, filepath, *args, **kwargs):
+        real_save(model, filepath, *args, **kwargs)
+        Path(filepath).write_bytes(Path(filepath).read_bytes()[:5000])
+
+    monkeypatch.setattr(keras.Model, "save", truncated_save)
+    with pytest.raises(RuntimeError, match=r"last.tmp.keras is not a complete Keras checkpoint.*left as it was"):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=3, **kw)
+    monkeypatch.undo()
+    assert (tmp_path / "last.keras").read_bytes() == last
+    assert training.read_state(tmp_path)["epochs_done"] == 2
+    assert not list(tmp_path.glob("*.tmp*"))
+    with pytest.raises(ValueError, match="not a complete Keras checkpoint"):
+        training.check_keras_file(tmp_path / "history.csv")
+
+
+def test_weight_decay_follows_the_papers_rule():
+    """L2 5e-4 in the gradient, through momentum 0.9 (Caffe/PyTorch), on kernels only."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(3, name="fc")(keras.layers.BatchNormalization(name="bn")(inputs))
+    model = keras.Model(inputs, outputs)
+    optimizer = training.make_optimizer("sgd", learning_rate=0.01, weight_decay=5e-4)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    start = {v.path: keras.ops.convert_to_numpy(v).copy() for v in variables}
+    zeros = [keras.ops.zeros_like(v) for v in variables]
+    for _ in range(1000):
+        optimizer.apply(zeros, variables)
+    # The paper's update with a zero data gradient: m <- 0.9 m - lr * 5e-4 w; w <- w + m.
+    w, m = start["fc/kernel"].astype(np.float64), 0.0
+    for _ in range(1000):
+        m = 0.9 * m - 0.01 * 5e-4 * w
+        w = w + m
+    kernel = keras.ops.convert_to_numpy(model.get_layer("fc").kernel)
+    np.testing.assert_allclose(kernel, w, rtol=1e-4)
+    assert 0.950 < float(np.mean(kernel / start["fc/kernel"])) < 0.953   # Keras' decoupled 5e-4: 0.995
+    for path in ("fc/bias", "bn/gamma", "bn/beta"):                      # never decayed
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(
+            next(v for v in variables if v.path == path)), start[path])
+    config = optimizer.get_config()
+    assert config["l2"] == 5e-4 and not config.get("weight_decay")
+    assert isinstance(training.SGDWithL2.from_config(config), training.SGDWithL2)
 
 
 # ----------------------------------------------------------------------------------------

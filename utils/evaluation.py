@@ -425,7 +425,7 @@ def _load_model_cached(path: str, mtime: float):
         import utils.models  # noqa: F401  registers any custom layers
     except ImportError:
         pass
-    return keras.saving.load_model(path)
+    return keras.saving.load_model(path, compile=False)   # inference only: the optimizer is not needed
 
 
 def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test", *,

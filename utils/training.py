@@ -6,26 +6,34 @@ Both :func:`train_temporal` and :func:`train_spatial` write into one folder (``c
 * ``last.keras`` - the model after the last finished epoch, *with its optimizer state*;
 * ``history.csv`` - one row per epoch (``CSVLogger``, appended): losses, accuracies, top-5,
   learning rate, seconds per epoch, and the training ``phase``;
-* ``state.json`` - how many epochs are finished, the phase, whether early stopping fired.
+* ``state.json`` - how many epochs are finished, the phase, whether early stopping fired (and its
+  counter), the learning-rate schedule, and the **settings** of the run (model, data, hyper-parameters).
 
-Every file is written to a temporary name and renamed, so none is ever half-written; ``state.json``
-is written last, after ``last.keras``. Calling the same function again **resumes**: the model
-gets the weights *and optimizer state* (momentum, iteration counter) of ``last.keras``, the epoch
-counter continues (``fit(initial_epoch=...)``), the data generators jump to that epoch's draws,
-and ``history.csv`` keeps each epoch exactly once. Asking for more epochs than before extends
-the run; a run that early stopping ended stays finished (pass ``resume=False`` to start over).
+Nothing is ever replaced by a partial file: a checkpoint is written under a temporary name,
+checked to be a complete ``.keras`` archive, flushed to disk and only then renamed over the old
+one; temporaries left by a crash are deleted at the next start, never renamed; ``state.json`` is
+written last. Calling the same function again **resumes**: the model gets the weights *and
+optimizer state* (momentum, iteration counter) of ``last.keras``, the epoch counter continues
+(``fit(initial_epoch=...)``), the data generators jump to that epoch's draws, early stopping gets
+its counter back, and ``history.csv`` keeps each epoch exactly once. A resume with **other
+settings** (another learning rate, other videos, another model, ...) is refused with a message
+that says what differs: it would be another experiment. Asking for more epochs than before
+extends the run without touching the rates of the epochs already run (the schedule continues
+from where it was); a run that early stopping ended stays finished (``resume=False`` starts over).
 
 Choices (and why)
 -----------------
-* **Optimizer: SGD with momentum 0.9** and weight decay 5e-4 - the recipe of the paper (and of
-  TSN) for both streams, so its published learning rates (1e-2 from scratch, 1e-3 for
-  fine-tuning) apply as they are, and the rate means one thing (a step size) in both phases.
+* **Optimizer: SGD with momentum 0.9 and the paper's weight decay**: an L2 term of 5e-4 *in the
+  gradient* (Caffe's and PyTorch's rule, :class:`SGDWithL2`), on convolution and dense kernels only.
+  Momentum amplifies it 10x, so it is 10x stronger than Keras' decoupled ``weight_decay=5e-4``.
+  That is the recipe of the paper (and of TSN) for both streams, so its published learning rates
+  (1e-2 from scratch, 1e-3 for fine-tuning) apply as they are.
   ``optimizer="adamw"`` is available: on tiny from-scratch problems it converges in fewer steps
   (the overfit test in tests/test_training.py memorises 20 flow stacks in ~12 AdamW steps at
   1e-3, against ~25 SGD steps), at the price of rates that do not transfer from the papers.
 * **Learning-rate schedule: cosine decay per epoch** (``LearningRateScheduler``), from the given
-  rate to 1 % of it over each phase. It is a pure function of the epoch number, so a resumed run
-  gets exactly the rates an uninterrupted run would (``ReduceLROnPlateau`` keeps counters that a
+  rate to 1 % of it over each phase. It is a pure function of the epoch number (stored in
+  ``state.json``), so a resumed run gets exactly the rates an uninterrupted run would (``ReduceLROnPlateau`` keeps counters that a
   checkpoint does not save), and it needs no tuning of plateau patience for short runs.
 * **Early stopping** on validation accuracy (``patience`` epochs without improvement), without
   restoring weights: ``best.keras`` already holds the best model.
@@ -47,10 +55,13 @@ JAX backend) - call it *before* building the model.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import time
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -162,14 +173,55 @@ def configure(seed: int | None = 0, mixed_precision: bool = False, data_parallel
 
 
 # ----------------------------------------------------------------------------------------
-# Pieces
+# Optimizers: the paper's weight decay
 # ----------------------------------------------------------------------------------------
+def decays(variable) -> bool:
+    """Whether weight decay applies to a variable: convolution and dense kernels only.
+
+    Biases and BatchNorm scales/offsets are left alone (decaying a BatchNorm scale only changes
+    the effective learning rate of the layer before it; common practice since Goyal et al. 2017).
+    """
+    return str(variable.name).endswith("kernel")
+
+
+@keras.saving.register_keras_serializable(package="two_stream")
+class SGDWithL2(keras.optimizers.SGD):
+    """SGD with momentum whose weight decay is an L2 term *in the gradient*: the rule of Caffe
+    (the paper's framework) and of PyTorch's ``SGD(weight_decay=...)``.
+
+    Per step, for each kernel ``w``: ``g <- g + l2 * w``; ``m <- momentum * m - lr * g``;
+    ``w <- w + m``. Momentum then amplifies the decay by ``1 / (1 - momentum)`` (10x at 0.9).
+    Keras' own ``SGD(weight_decay=...)`` is *decoupled* (``w -= lr * wd * w`` outside the
+    momentum): with the paper's 5e-4 it decays 10x less than the paper did.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.9, l2=5e-4, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
+        self.l2 = float(l2)
+
+    def apply(self, grads, trainable_variables=None):
+        if self.l2 and (trainable_variables is not None or self.built):
+            variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
+            grads = [g if g is None or not decays(v) else keras.ops.add(g, keras.ops.multiply(self.l2, v))
+                     for g, v in zip(grads, variables)]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self):
+        return {**super().get_config(), "l2": self.l2}
+
+
 def make_optimizer(name: str = "sgd", learning_rate: float = 0.01, weight_decay: float = 5e-4):
-    """SGD with momentum 0.9 (``"sgd"``) or AdamW (``"adamw"``), with (decoupled) weight decay."""
+    """The optimizer of a stream; weight decay acts on kernels only (:func:`decays`).
+
+    ``"sgd"``: :class:`SGDWithL2`, momentum 0.9, ``weight_decay`` as the paper's L2 coefficient
+    (5e-4). ``"adamw"``: Keras' AdamW, whose ``weight_decay`` is decoupled (Loshchilov & Hutter 2019).
+    """
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=weight_decay or None)
+        return SGDWithL2(learning_rate, momentum=0.9, l2=weight_decay or 0.0)
     if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        return optimizer
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
@@ -186,17 +238,55 @@ def compile_model(model, optimizer: str = "sgd", learning_rate: float = 0.01, we
     return model
 
 
+# ----------------------------------------------------------------------------------------
+# Learning-rate schedules that survive resuming and extending
+# ----------------------------------------------------------------------------------------
 def cosine_schedule(learning_rate: float, first_epoch: int, n_epochs: int,
                     min_fraction: float = MIN_LR_FRACTION):
     """``epoch -> rate``: cosine decay from ``learning_rate`` at ``first_epoch`` towards
     ``min_fraction * learning_rate`` at ``first_epoch + n_epochs``."""
+    return segment_schedule([{"first_epoch": first_epoch, "end_epoch": first_epoch + n_epochs,
+                              "rate": learning_rate, "floor": learning_rate * min_fraction}])
+
+
+def segment_schedule(segments: list[dict]):
+    """``epoch -> rate`` of a list of cosine segments (each from ``rate`` at ``first_epoch`` down to
+    ``floor`` at ``end_epoch``); an epoch uses the last segment that starts at or before it."""
     def schedule(epoch, current_lr=None):
-        progress = min(max((epoch - first_epoch) / max(n_epochs, 1), 0.0), 1.0)
-        floor = learning_rate * min_fraction
-        return float(floor + (learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        segment = [s for s in segments if s["first_epoch"] <= epoch][-1]
+        span = max(segment["end_epoch"] - segment["first_epoch"], 1)
+        progress = min(max((epoch - segment["first_epoch"]) / span, 0.0), 1.0)
+        rate, floor = segment["rate"], segment["floor"]
+        return float(floor + (rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
     return schedule
 
 
+def _phase_segments(state: dict | None, phase: str, learning_rate: float, first_epoch: int, end_epoch: int,
+                    done: int, out_dir: Path) -> list[dict]:
+    """The schedule segments of ``phase`` for a run ending at ``end_epoch``.
+
+    A new phase gets one cosine from ``learning_rate`` to 1 % of it. A run whose planned end
+    changes (more or fewer epochs than before) keeps the rates of the epochs it ran: a new segment
+    starts at epoch ``done`` with the rate the old plan had there and decays to the floor at the
+    new end, so the rate never jumps back up.
+    """
+    old = [s for s in (state or {}).get("schedule", []) if s["phase"] == phase]
+    if not old:
+        return [{"phase": phase, "first_epoch": first_epoch, "end_epoch": end_epoch, "rate": learning_rate,
+                 "floor": learning_rate * MIN_LR_FRACTION}]
+    if old[-1]["end_epoch"] == end_epoch:
+        return old
+    rate = segment_schedule(old)(done)
+    print(f"{out_dir}: the {phase} phase now ends after epoch {end_epoch} instead of {old[-1]['end_epoch']}; "
+          f"epochs {done + 1}-{end_epoch} continue its schedule from {rate:.3g} down to "
+          f"{old[-1]['floor']:.3g} (resume=False starts a fresh schedule)")
+    return old + [{"phase": phase, "first_epoch": done, "end_epoch": end_epoch, "rate": rate,
+                   "floor": old[-1]["floor"]}]
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoint files: written under a temporary name, verified, then renamed
+# ----------------------------------------------------------------------------------------
 def restore_checkpoint(model, path) -> None:
     """Load weights *and optimizer state* of a ``.keras`` file into a compiled ``model``.
 
@@ -208,6 +298,7 @@ def restore_checkpoint(model, path) -> None:
         raise FileNotFoundError(f"no checkpoint {path} to resume from")
     if model.optimizer is None:
         raise ValueError("restore_checkpoint needs a compiled model (its optimizer receives the saved state)")
+    check_keras_file(path)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     try:
@@ -219,14 +310,58 @@ def restore_checkpoint(model, path) -> None:
 
 def load_weights_only(model, path) -> None:
     """Copy the weights (not the optimizer state) of a ``.keras`` file into ``model`` (same architecture)."""
-    saved = keras.saving.load_model(path, compile=False)
-    model.set_weights(saved.get_weights())
+    check_keras_file(path)
+    try:
+        saved = keras.saving.load_model(path, compile=False)
+        model.set_weights(saved.get_weights())
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"cannot load the weights of {path} into {model.name!r} ({error}); "
+                         f"start over with resume=False") from error
+
+
+def check_keras_file(path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it is a complete ``.keras`` archive (zip, CRCs right)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path} is not a complete Keras checkpoint ({error}); it may have been cut "
+                         f"short by a crash or a full disk") from None
+    missing = {"config.json", "model.weights.h5"} - names
+    if broken or missing:
+        what = f"damaged member {broken}" if broken else f"no {', '.join(sorted(missing))}"
+        raise ValueError(f"{path} is not a complete Keras checkpoint ({what}); it may have been cut short "
+                         f"by a crash or a full disk")
+
+
+def _durable_replace(tmp: Path, final: Path) -> None:
+    """``os.replace`` after the data reached the disk, so a crash leaves the old file or the new one."""
+    with open(tmp, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(tmp, final)
+    if hasattr(os, "O_DIRECTORY"):
+        folder = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    _durable_replace(tmp, path)
+
+
+def _tmp_name(name: str) -> str:
+    return name.replace(".keras", ".tmp.keras")
+
+
+def _temporary_files(out_dir: Path) -> list[Path]:
+    names = [_tmp_name(BEST_FILE), _tmp_name(LAST_FILE), f".{STATE_FILE}.tmp", f".{HISTORY_FILE}.tmp"]
+    return [out_dir / name for name in names if (out_dir / name).exists()]
 
 
 def read_state(out_dir) -> dict[str, Any] | None:
@@ -247,16 +382,92 @@ def read_history(out_dir) -> pd.DataFrame:
 
 
 def _trim_history(out_dir: Path, epochs_done: int) -> pd.DataFrame:
-    """Drop rows of epochs that are not in ``last.keras`` (a crash between the CSV row and the checkpoint)."""
+    """Keep one row per epoch that ``last.keras`` holds (a crash can leave a row, or half of one, after it)."""
     history = read_history(out_dir)
-    if len(history) and (history["epoch"] >= epochs_done).any():
-        history = history[history["epoch"] < epochs_done]
+    if not len(history):
+        return history
+    epoch = pd.to_numeric(history["epoch"], errors="coerce")
+    keep = history[(epoch < epochs_done) & history.notna().all(axis=1)]
+    keep = keep.drop_duplicates(subset="epoch", keep="last")
+    if len(keep) != len(history):
         tmp = out_dir / f".{HISTORY_FILE}.tmp"
-        history.to_csv(tmp, index=False)
-        os.replace(tmp, out_dir / HISTORY_FILE)
-    return history
+        keep.to_csv(tmp, index=False)
+        _durable_replace(tmp, out_dir / HISTORY_FILE)
+    return keep
 
 
+# ----------------------------------------------------------------------------------------
+# The settings that shape a run (stored in state.json; a resume with other settings is refused)
+# ----------------------------------------------------------------------------------------
+def _fingerprint(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _model_summary(model) -> dict:
+    return {"name": model.name, "input_shape": list(model.input_shape[1:]),
+            "classes": int(model.output_shape[-1]), "parameters": int(model.count_params()),
+            "dropout": [float(layer.rate) for layer in models._all_layers(model)
+                        if isinstance(layer, keras.layers.Dropout)]}
+
+
+def _data_summary(data) -> dict | None:
+    """What identifies a training or validation set: its videos and labels, and how it samples them."""
+    if data is None:
+        return None
+    if isinstance(data, tuple):
+        x, y = (np.asarray(a) for a in data)
+        return {"arrays": list(x.shape), "fingerprint": _fingerprint(x.tobytes().hex() + y.tobytes().hex())}
+    summary = {"type": type(data).__name__}
+    paths = getattr(data, "frames_paths", None)
+    if paths is not None:
+        videos = [f"{Path(p).parent.name}/{Path(p).name}:{int(label)}" for p, label in zip(paths, data.labels)]
+        summary.update(videos=len(videos), fingerprint=_fingerprint("\n".join(sorted(videos))))
+    for name in ("batch_size", "image_size", "items_per_video", "stack_length", "seed", "crop_scales",
+                 "crop_positions"):
+        if hasattr(data, name):
+            value = getattr(data, name)
+            summary[name] = list(value) if isinstance(value, tuple) else value
+    return summary
+
+
+def run_settings(model, train_ds, val_ds, **hyper) -> dict:
+    """The settings that make a run what it is: model, data, hyper-parameters (not the number of epochs)."""
+    settings = {"model": _model_summary(model), "train_data": _data_summary(train_ds),
+                "val_data": _data_summary(val_ds), **hyper}
+    return json.loads(json.dumps(settings, default=str))      # the JSON form, as stored
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_run(out_dir: Path, state: dict, settings: dict) -> None:
+    """Refuse to resume a run whose stored settings differ from these (naming what differs)."""
+    stored = state.get("settings")
+    if stored is None:
+        warnings.warn(f"{out_dir / STATE_FILE} records no settings (made by an older version); resuming "
+                      f"without checking them", stacklevel=3)
+        return
+    old, new = _flatten(stored), _flatten(settings)
+    changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    if changed:
+        shown = "; ".join(f"{key}: {old.get(key)!r} there, {new.get(key)!r} now" for key in changed[:6])
+        more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise ValueError(
+            f"{out_dir} holds a run made with other settings ({shown}{more}). Resuming it would mix two "
+            f"experiments. Start over in that folder with resume=False (`-p resume=False` for "
+            f"`python -m utils.run`; its checkpoints are replaced), or move the folder away to keep it.")
+
+
+# ----------------------------------------------------------------------------------------
+# Callbacks
+# ----------------------------------------------------------------------------------------
 class _EpochInfo(keras.callbacks.Callback):
     """Adds ``phase`` and ``epoch_seconds`` to the logs (before CSVLogger writes them)."""
 
@@ -274,53 +485,85 @@ class _EpochInfo(keras.callbacks.Callback):
             logs["phase"] = self.phase
 
 
+class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that starts from a saved counter and best value (``state.json``) when resuming."""
+
+    def __init__(self, *args, resume_from: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resume_from = resume_from
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resume_from:
+            self.wait = int(self.resume_from["wait"])
+            self.best = self.resume_from["best"]
+
+
 class _Commit(keras.callbacks.Callback):
-    """After the checkpoints and the CSV row: rename the fresh checkpoints into place, then write state.json.
+    """After the checkpoints and the CSV row: verify and rename *this epoch's* checkpoints into place,
+    then write state.json.
 
     Runs after ``CSVLogger`` and before Keras' own ``History``/progress bar (appended by ``fit``).
+    At the start of each epoch it deletes temporary checkpoints, so a file it renames at the end
+    was written in that epoch, complete (``check_keras_file``), never a leftover of a crash.
     """
 
-    def __init__(self, out_dir: Path, phase: str, monitor: str):
+    def __init__(self, out_dir: Path, phase: str, monitor: str, settings: dict, schedule: list[dict],
+                 early_stopping: _ResumableEarlyStopping | None):
         super().__init__()
         self.out_dir, self.phase, self.monitor = out_dir, phase, monitor
+        self.settings, self.schedule, self.early_stopping = settings, schedule, early_stopping
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for name in (BEST_FILE, LAST_FILE):
+            (self.out_dir / _tmp_name(name)).unlink(missing_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
         for name in (BEST_FILE, LAST_FILE):
             tmp = self.out_dir / _tmp_name(name)
-            if tmp.is_file():
-                os.replace(tmp, self.out_dir / name)
+            if not tmp.is_file():
+                continue                          # e.g. best.keras: not a better epoch
+            try:
+                check_keras_file(tmp)
+            except ValueError as error:
+                tmp.unlink(missing_ok=True)
+                raise RuntimeError(f"epoch {epoch + 1}: {error}. {self.out_dir / name} was left as it "
+                                   f"was; free some disk space and run again to resume") from None
+            _durable_replace(tmp, self.out_dir / name)
         state = read_state(self.out_dir) or {}
         value = (logs or {}).get(self.monitor)
         best = state.get("best")
         if value is not None and (best is None or float(value) > best):
             best = float(value)
+        es = self.early_stopping
         state.update(epochs_done=int(epoch) + 1, phase=self.phase, best=best, monitor=self.monitor,
                      stopped_early=bool(getattr(self.model, "stop_training", False)),
-                     backend=keras.backend.backend())
+                     backend=keras.backend.backend(), settings=self.settings, schedule=self.schedule,
+                     early_stopping=None if es is None else {
+                         "phase": self.phase, "wait": int(es.wait),
+                         "best": None if es.best is None else float(es.best)})
         _write_atomically(self.out_dir / STATE_FILE, json.dumps(state, indent=1))
         if logs is not None:
             logs.pop("phase", None)       # written to history.csv; the progress bar only averages numbers
 
 
-def _tmp_name(name: str) -> str:
-    return name.replace(".keras", ".tmp.keras")
-
-
-def _callbacks(out_dir: Path, phase: str, schedule, patience: int | None, best_so_far: float | None,
-               monitor: str = "val_accuracy") -> list:
-    callbacks = [
-        _EpochInfo(phase),
-        keras.callbacks.LearningRateScheduler(schedule),
-    ]
+def _callbacks(out_dir: Path, phase: str, state: dict | None, settings: dict, schedule: list[dict],
+               patience: int | None, monitor: str = "val_accuracy") -> list:
+    early_stopping = None
+    callbacks = [_EpochInfo(phase), keras.callbacks.LearningRateScheduler(segment_schedule(schedule))]
     if patience is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(patience),
-                                                       restore_best_weights=False))
+        saved = (state or {}).get("early_stopping")
+        early_stopping = _ResumableEarlyStopping(
+            monitor=monitor, mode="max", patience=int(patience), restore_best_weights=False,
+            resume_from=saved if saved and saved.get("phase") == phase else None)
+        callbacks.append(early_stopping)
     callbacks += [
         keras.callbacks.ModelCheckpoint(out_dir / _tmp_name(BEST_FILE), monitor=monitor, mode="max",
-                                        save_best_only=True, initial_value_threshold=best_so_far),
+                                        save_best_only=True,
+                                        initial_value_threshold=None if state is None else state.get("best")),
         keras.callbacks.ModelCheckpoint(out_dir / _tmp_name(LAST_FILE), save_best_only=False),
         keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=True),
-        _Commit(out_dir, phase, monitor),
+        _Commit(out_dir, phase, monitor, settings, schedule, early_stopping),
     ]
     return callbacks
 
@@ -349,10 +592,14 @@ def _fit(model, train_ds, val_ds, *, initial_epoch: int, epochs: int, callbacks,
                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
 
 
-def _start(out_dir, resume: bool) -> tuple[Path, dict | None]:
-    """Create the folder; with ``resume=False`` forget a previous run (its files are overwritten)."""
+def _start(out_dir, resume: bool, settings: dict) -> tuple[Path, dict | None]:
+    """Create the folder and remove temporary files of a crashed run; with ``resume=False`` forget a
+    previous run (its files are overwritten); with ``resume=True`` check that it is the same run."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in _temporary_files(out_dir):
+        print(f"removing {tmp}: an unfinished write of an interrupted run")
+        tmp.unlink()
     if not resume:
         for name in (STATE_FILE, HISTORY_FILE):
             (out_dir / name).unlink(missing_ok=True)
@@ -362,6 +609,7 @@ def _start(out_dir, resume: bool) -> tuple[Path, dict | None]:
         if not (out_dir / LAST_FILE).is_file():
             raise FileNotFoundError(f"{out_dir / STATE_FILE} says {state['epochs_done']} epoch(s) are done "
                                     f"but {out_dir / LAST_FILE} is missing; pass resume=False to start over")
+        _check_same_run(out_dir, state, settings)
         _trim_history(out_dir, state["epochs_done"])
     else:
         (out_dir / HISTORY_FILE).unlink(missing_ok=True)   # rows without a checkpoint behind them
@@ -380,7 +628,7 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
                    optimizer: str = "sgd", weight_decay: float = 5e-4, patience: int | None = 10,
                    resume: bool = True, seed: int | None = 0, batch_size: int | None = None,
                    steps_per_epoch: int | None = None, jit_compile: bool | str = "auto",
-                   run_eagerly: bool = False, verbose=2) -> pd.DataFrame:
+                   run_eagerly: bool = False, run_info: dict | None = None, verbose=2) -> pd.DataFrame:
     """Train the temporal stream for ``epochs`` epochs in total (resuming a previous run in ``out_dir``).
 
     Args:
@@ -388,19 +636,24 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
         train_ds, val_ds: ``keras.utils.PyDataset`` yielding ``(x, integer y)`` (e.g.
             :class:`utils.generators.FlowStacks`), or ``(x, y)`` NumPy tuples (then ``batch_size``).
         out_dir: where ``best.keras``, ``last.keras``, ``history.csv``, ``state.json`` go.
-        epochs: total number of epochs (not "more epochs": a resumed run stops at the same total).
+        epochs: total number of epochs (not "more epochs": a resumed run stops at the same total;
+            a larger total extends the run, continuing its learning-rate schedule).
         learning_rate: initial rate of the cosine schedule.
         optimizer, weight_decay: see :func:`make_optimizer`.
         patience: early-stopping patience in epochs (``None``: no early stopping).
-        resume: continue from ``last.keras`` if ``out_dir`` holds a run; ``False`` starts over.
+        resume: continue from ``last.keras`` if ``out_dir`` holds a run made with the same settings
+            (other settings are refused); ``False`` starts over.
         seed: ``keras.utils.set_random_seed`` before training (``None``: leave the RNGs alone).
         jit_compile, run_eagerly: passed to ``compile`` (XLA is used by default on GPUs).
+        run_info: more settings to record and check on resume (e.g. the flow method).
         verbose: ``fit``'s verbosity (2: one line per epoch, good for notebooks and logs).
 
     Returns ``history.csv`` as a DataFrame (all epochs so far, resumed ones included).
     """
     _check_validation(val_ds)
-    out_dir, state = _start(out_dir, resume)
+    settings = run_settings(model, train_ds, val_ds, optimizer=optimizer, learning_rate=learning_rate,
+                            weight_decay=weight_decay, patience=patience, seed=seed, run_info=run_info or {})
+    out_dir, state = _start(out_dir, resume, settings)
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
     compile_model(model, optimizer, learning_rate, weight_decay, jit_compile, run_eagerly)
@@ -413,13 +666,12 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
             print(f"{out_dir}: {why} after {done} epochs; model loaded from {LAST_FILE} "
                   f"(resume=False starts over)")
             return read_history(out_dir)
-    if done < epochs:
-        if done:
-            print(f"resuming {out_dir} at epoch {done + 1}/{epochs}")
-        callbacks = _callbacks(out_dir, "train", cosine_schedule(learning_rate, 0, epochs), patience,
-                               None if state is None else state.get("best"))
-        _fit(model, train_ds, val_ds, initial_epoch=done, epochs=epochs, callbacks=callbacks,
-             batch_size=batch_size, steps_per_epoch=steps_per_epoch, verbose=verbose)
+    if done:
+        print(f"resuming {out_dir} at epoch {done + 1}/{epochs}")
+    schedule = _phase_segments(state, "train", learning_rate, 0, epochs, done, out_dir)
+    callbacks = _callbacks(out_dir, "train", state, settings, schedule, patience)
+    _fit(model, train_ds, val_ds, initial_epoch=done, epochs=epochs, callbacks=callbacks,
+         batch_size=batch_size, steps_per_epoch=steps_per_epoch, verbose=verbose)
     return read_history(out_dir)
 
 
@@ -431,7 +683,8 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
                   unfreeze_from: str = "conv1", *, train_batchnorm: bool = False, optimizer: str = "sgd",
                   weight_decay: float = 5e-4, patience: int | None = 5, resume: bool = True,
                   seed: int | None = 0, batch_size: int | None = None, steps_per_epoch: int | None = None,
-                  jit_compile: bool | str = "auto", run_eagerly: bool = False, verbose=2) -> pd.DataFrame:
+                  jit_compile: bool | str = "auto", run_eagerly: bool = False, run_info: dict | None = None,
+                  verbose=2) -> pd.DataFrame:
     """Fine-tune the spatial stream: ``warmup_epochs`` of the head alone, then ``finetune_epochs`` of more.
 
     Phase ``"warmup"`` (epochs ``0 .. warmup_epochs-1``): backbone frozen, head trained at
@@ -440,26 +693,27 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
     ``finetune_learning_rate``, BatchNorm kept in inference mode unless ``train_batchnorm``
     (set it when the backbone was not pretrained). Each phase has its own cosine schedule;
     early stopping (``patience``) only acts in the fine-tuning phase. Resumes like
-    :func:`train_temporal`, across the phase boundary. Other arguments as there.
+    :func:`train_temporal`, across the phase boundary; more ``finetune_epochs`` than before
+    extend the run. Other arguments as there (``run_info``: e.g. the backbone's initial weights).
     """
     _check_validation(val_ds)
     if warmup_epochs < 0 or finetune_epochs < 0:
         raise ValueError("warmup_epochs and finetune_epochs must be >= 0")
-    out_dir, state = _start(out_dir, resume)
+    settings = run_settings(model, train_ds, val_ds, warmup_epochs=warmup_epochs,
+                            head_learning_rate=head_learning_rate, finetune_learning_rate=finetune_learning_rate,
+                            unfreeze_from=unfreeze_from, train_batchnorm=train_batchnorm, optimizer=optimizer,
+                            weight_decay=weight_decay, patience=patience, seed=seed, run_info=run_info or {})
+    out_dir, state = _start(out_dir, resume, settings)
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
     total = warmup_epochs + finetune_epochs
     done = 0 if state is None else int(state["epochs_done"])
-    best = None if state is None else state.get("best")
     if state is not None and (done >= total or state.get("stopped_early")):
         _restore_for_phase(model, out_dir, state, unfreeze_from, train_batchnorm, optimizer, weight_decay,
                            head_learning_rate, finetune_learning_rate, jit_compile, run_eagerly)
         why = "early stopping ended it" if state.get("stopped_early") else "all epochs are done"
         print(f"{out_dir}: {why} after {done} epochs; model loaded from {LAST_FILE} (resume=False starts over)")
         return read_history(out_dir)
-    if state is not None and state.get("phase") == "finetune" and done < warmup_epochs:
-        raise ValueError(f"{out_dir / STATE_FILE}: the run is already fine-tuning after {done} epochs, but "
-                         f"warmup_epochs={warmup_epochs}; resume with the same warmup_epochs or resume=False")
     fit = dict(batch_size=batch_size, steps_per_epoch=steps_per_epoch, verbose=verbose)
 
     # Phase 1: the head alone.
@@ -470,11 +724,11 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
         if done:
             restore_checkpoint(model, out_dir / LAST_FILE)
             print(f"resuming {out_dir} in the warm-up at epoch {done + 1}/{total}")
-        callbacks = _callbacks(out_dir, "warmup", cosine_schedule(head_learning_rate, 0, warmup_epochs),
-                               None, best)
+        schedule = _phase_segments(state, "warmup", head_learning_rate, 0, warmup_epochs, done, out_dir)
+        callbacks = _callbacks(out_dir, "warmup", state, settings, schedule, None)
         _fit(model, train_ds, val_ds, initial_epoch=done, epochs=warmup_epochs, callbacks=callbacks, **fit)
         state = read_state(out_dir)
-        done, best = int(state["epochs_done"]), state.get("best")
+        done = int(state["epochs_done"])
 
     # Phase 2: fine-tuning. A fresh optimizer at the boundary; the saved one when resuming inside.
     models.unfreeze_backbone(model, unfreeze_from, train_batchnorm=train_batchnorm)
@@ -486,9 +740,10 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
         load_weights_only(model, out_dir / LAST_FILE)
         print(f"resuming {out_dir}: warm-up done, fine-tuning from epoch {done + 1}/{total}")
     if done < total:
-        callbacks = _callbacks(out_dir, "finetune",
-                               cosine_schedule(finetune_learning_rate, warmup_epochs, finetune_epochs),
-                               patience, best)
+        previous = [s for s in (state or {}).get("schedule", []) if s["phase"] != "finetune"]
+        schedule = previous + _phase_segments(state, "finetune", finetune_learning_rate, warmup_epochs, total,
+                                              done, out_dir)
+        callbacks = _callbacks(out_dir, "finetune", state, settings, schedule, patience)
         _fit(model, train_ds, val_ds, initial_epoch=done, epochs=total, callbacks=callbacks, **fit)
     return read_history(out_dir)
 
