@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from utils import config as config_module
+from utils import pretrained
 from utils.config import Config, default_dataset, dataset_root, BUILTIN_DATASETS
 
 NOTEBOOKS_DIR = config_module.REPO_ROOT / "notebooks"
@@ -176,6 +177,12 @@ def resolve_parameters(args: argparse.Namespace) -> dict:
     return parameters
 
 
+def uses_imagenet_weights(notebooks: Sequence[Path], parameters: dict) -> bool:
+    """Whether the run builds a ResNet-50 from ``weights``: notebook 02, or 03 with the ResNet temporal stream."""
+    names = {path.name[:2] for path in notebooks}
+    return "02" in names or ("03" in names and parameters.get("temporal_arch") == "resnet50")
+
+
 # ----------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------
@@ -288,6 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: no notebook's parameters cell defines {unknown}; check the spelling "
               f"(`python -m utils.run --list` shows them)", file=sys.stderr)
     cfg = Config(dataset=parameters["dataset"], split=int(parameters["split"]))
+    if uses_imagenet_weights(notebooks, parameters):
+        try:   # before any notebook starts: the demo falls back to a from-scratch backbone, HMDB51 stops
+            parameters["weights"] = pretrained.resolve_spatial_weights(
+                parameters.get("weights", "imagenet"), cfg.dataset_name, log=lambda text: print(text + "\n"))
+        except (pretrained.ImageNetWeightsUnavailable, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     output_dir = args.output_dir or Path(cfg.report_dir) / "notebooks"
     print(f"dataset {cfg.dataset_name} ({cfg.data_root}), split {cfg.split}; "
           f"{len(notebooks)} notebook(s) -> {output_dir}")
