@@ -51,7 +51,7 @@ class RecordingLoader:
         self.requests = []        # (stream, video, positions)
         self.value_of = value_of or {}
 
-    def __call__(self, stream, frames_path, positions, *, image_size, stack_length, batch_size):
+    def __call__(self, stream, frames_path, positions, *, image_size, stack_length, batch_size, crops=1):
         frames_path = Path(frames_path)
         self.requests.append((stream, frames_path.name, list(positions)))
         n_flows = len(list(frames_path.glob("flow_x_*.jpg")))
@@ -64,7 +64,7 @@ class RecordingLoader:
         channels = 3 if stream == "spatial" else 2 * stack_length
         value = self.value_of.get(frames_path.name, 0)
         for i in range(0, len(positions), batch_size):
-            n = len(positions[i:i + batch_size])
+            n = len(positions[i:i + batch_size]) * crops
             yield np.full((n, image_size, image_size, channels), value, dtype=np.float32)
 
 
@@ -376,3 +376,93 @@ def test_model_without_softmax_is_refused(tiny):
     with pytest.raises(ValueError, match="softmax"):
         ev.evaluate_stream(cfg, "spatial", "one_frame", model=lambda x: np.full((len(x), 2), 3.0),
                            index=index, loader=RecordingLoader(), progress=False)
+
+
+# ----------------------------------------------------------------------------------------
+# The paper's test protocol: 25 equally spaced frames / stacks x 10 crops
+# ----------------------------------------------------------------------------------------
+def test_ten_crops_are_the_corners_and_centre_and_their_mirrors():
+    from utils import generators
+
+    boxes = generators.eval_crop_boxes(24, 32, crops=10)          # side round(24 * 0.875) = 21
+    assert [b for b, _ in boxes[:5]] == [(0, 0, 21), (0, 11, 21), (3, 0, 21), (3, 11, 21), (1, 5, 21)]
+    assert [b for b, _ in boxes[5:]] == [b for b, _ in boxes[:5]]
+    assert [f for _, f in boxes] == [False] * 5 + [True] * 5
+    assert generators.eval_crop_boxes(24, 32, crops=1) == [((1, 5, 21), False)]
+    with pytest.raises(ValueError, match="crops"):
+        generators.eval_crop_boxes(24, 32, crops=5)
+
+    rng = np.random.default_rng(0)
+    flow = rng.integers(60, 200, (24, 32, 2 * L), dtype=np.uint8)
+    x = generators.temporal_test_inputs(flow, 21, crops=10)       # no resize: side == input size
+    assert x.shape == (10, 21, 21, 2 * L)
+    for k in range(5):
+        plain, mirrored = x[k], x[5 + k]
+        np.testing.assert_allclose(mirrored[:, :, 0::2], -plain[:, ::-1, 0::2], atol=1e-5)   # x negated
+        np.testing.assert_allclose(mirrored[:, :, 1::2], plain[:, ::-1, 1::2], atol=1e-5)    # y kept
+        top, left, side = boxes[k][0]
+        np.testing.assert_allclose(plain, generators.flow_stack_input(flow, (top, left, side), 21, False))
+    frame = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    rgb = generators.spatial_test_inputs(frame, 21, crops=10, preprocess=lambda a: a)
+    for k in range(5):
+        np.testing.assert_array_equal(rgb[5 + k], rgb[k][:, ::-1])     # frames: mirrored, nothing negated
+
+
+@pytest.mark.parametrize("stream", ev.STREAMS)
+def test_paper_protocol_scores_every_test_video_once(tiny, stream):
+    cfg, index = tiny
+    loader = RecordingLoader(value_of={"clap_a": 0, "clap_b": 0, "wave_a": 1, "wave_b": 1})
+    result = ev.evaluate_stream(cfg, stream, "whole_video", model=StubModel(2), index=index, segments=25,
+                                crops=10, batch_size=20, loader=loader, progress=False)
+    test = index[index.subset == "test"].set_index("video")
+    assert sorted(v for _, v, _ in loader.requests) == sorted(test.index)
+    for (_, video, positions), n_inputs in zip(loader.requests, result.n_inputs):
+        n = test.loc[video, "n_frames"] if stream == "spatial" else test.loc[video, "n_flows"] - L + 1
+        assert positions == ev.input_positions(stream, "whole_video", test.loc[video, "n_frames"],
+                                               test.loc[video, "n_flows"], L, segments=25)
+        assert len(positions) == min(25, n) and positions == sorted(set(positions))
+        assert n_inputs == 10 * len(positions)
+    assert result.meta["segments"] == 25 and result.meta["crops"] == 10
+    assert "25 equally spaced" in ev.describe_protocol(result.meta) and "10 crops" in ev.describe_protocol(result.meta)
+    assert ev.input_positions("spatial", "whole_video", 100, 99, L, segments=25)[:3] == [3, 7, 11]
+
+
+def test_scores_are_recomputed_when_what_made_them_changes(tiny, monkeypatch):
+    cfg, index = tiny
+    checkpoint = Path(cfg.stream_dir("spatial")) / "best.keras"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"stand-in")
+    monkeypatch.setattr(ev, "load_stream_model", lambda path: StubModel(2))
+    settings_file = Path(cfg.frames_dir) / "extraction_settings.json"
+    settings_file.write_text('{"method": "tvl1", "size": null}')
+
+    def scored(**kw):
+        loader = RecordingLoader()
+        ev.evaluate_stream(kw.pop("cfg", cfg), "spatial", "one_frame", index=index, loader=loader,
+                           progress=False, **kw)
+        return len(loader.requests)
+
+    assert scored() == 4 and scored() == 0                               # the second time: read back
+    settings_file.write_text('{"method": "dis", "size": null}')           # flow re-extracted with DIS
+    assert scored() == 4 and scored() == 0
+    assert scored(cfg=cfg.override(stack_length=5)) == 4                 # the one-frame position moves
+    assert scored(crops=10) == 4
+    stat = checkpoint.stat()
+    checkpoint.write_bytes(b"another model")                              # same name, same time
+    import os
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert scored(crops=10) == 4
+
+
+def test_temporal_stack_length_must_match_the_config(tiny):
+    import keras
+
+    cfg, index = tiny
+    inputs = keras.Input((8, 8, 2 * 5))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(inputs)))
+    with pytest.raises(ValueError, match="L = 5 flows, but stack_length = 10: pass stack_length=5"):
+        ev.evaluate_stream(cfg, "temporal", "one_frame", model=model, index=index, progress=False)
+    result = ev.evaluate_stream(cfg.override(stack_length=5), "temporal", "one_frame", model=model,
+                                index=index, progress=False)
+    assert result.meta["stack_length"] == 5

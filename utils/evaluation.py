@@ -60,21 +60,55 @@ def one_frame_start(n_flows: int, stack_length: int = 10) -> int:
 
 
 def input_positions(stream: str, protocol: str, n_frames: int, n_flows: int,
-                    stack_length: int = 10, stride: int = 1) -> list[int]:
-    """1-based frame indices (spatial) or stack starts (temporal) that a protocol evaluates."""
+                    stack_length: int = 10, stride: int = 1, segments: int | None = None) -> list[int]:
+    """1-based frame indices (spatial) or stack starts (temporal) that a protocol evaluates.
+
+    ``"whole_video"`` takes every ``stride``-th frame / stack start, or, with ``segments``, that many
+    equally spaced ones (the paper's 25; all of them when the clip has fewer).
+    """
     _check_choice("stream", stream, STREAMS)
     _check_choice("protocol", protocol, PROTOCOLS)
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    if segments is not None and segments < 1:
+        raise ValueError(f"segments must be >= 1 or None, got {segments}")
     if protocol == "one_frame":
         return [one_frame_start(n_flows, stack_length)]
     if stream == "spatial":
         if n_frames < 1:
             raise ValueError("a clip without frames cannot be evaluated")
-        return list(range(1, n_frames + 1, stride))
-    if n_flows < stack_length:
-        raise ValueError(f"a clip with {n_flows} flows is too short for a stack of {stack_length}")
-    return list(range(1, n_flows - stack_length + 2, stride))
+        n_positions = n_frames
+    else:
+        if n_flows < stack_length:
+            raise ValueError(f"a clip with {n_flows} flows is too short for a stack of {stack_length}")
+        n_positions = n_flows - stack_length + 1
+    if segments is not None:
+        from utils.generators import evenly_spaced
+
+        return evenly_spaced(n_positions, min(segments, n_positions)).tolist()
+    return list(range(1, n_positions + 1, stride))
+
+
+def protocol_settings(protocol: str, *, stride: int = 1, segments: int | None = None, crops: int = 1) -> dict:
+    """What identifies a protocol's inputs (stored with the scores, shown in the report)."""
+    _check_choice("protocol", protocol, PROTOCOLS)
+    if protocol == "one_frame":
+        return {"protocol": protocol, "stride": 1, "segments": None, "crops": int(crops)}
+    return {"protocol": protocol, "stride": int(stride) if segments is None else 1,
+            "segments": None if segments is None else int(segments), "crops": int(crops)}
+
+
+def describe_protocol(settings: dict) -> str:
+    """Words for a protocol's inputs, e.g. "25 equally spaced frames / stacks x 10 crops"."""
+    crops = "10 crops (4 corners + centre, and mirrored)" if settings.get("crops") == 10 else "the centre crop"
+    if settings.get("protocol") == "one_frame":
+        where = "the middle stack of each clip and the frame it starts at"
+    elif settings.get("segments"):
+        where = f"{settings['segments']} equally spaced frames / stacks per clip"
+    else:
+        stride = settings.get("stride") or 1
+        where = "every frame / stack" if stride == 1 else f"every {stride}th frame / stack"
+    return f"{where}, {crops}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -259,37 +293,39 @@ InputLoader = Callable[..., Iterator[np.ndarray]]
 
 
 def load_video_inputs(stream: str, frames_path: str | os.PathLike, positions: Sequence[int], *,
-                      image_size: int, stack_length: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Yield the network inputs of one video at ``positions``, at most ``batch_size`` at a time.
+                      image_size: int, stack_length: int, batch_size: int, crops: int = 1) -> Iterator[np.ndarray]:
+    """Yield the network inputs of one video at ``positions``, about ``batch_size`` at a time.
 
-    The same centre crop and preprocessing as :func:`utils.generators.spatial_input` /
-    :func:`utils.generators.temporal_input`, but every JPEG of the video is read once: the
-    flows shared by overlapping stacks are kept (as stored uint8) until no later stack needs them.
-    ``positions`` must be increasing.
+    Each position gives ``crops`` inputs (:func:`utils.generators.eval_crop_boxes`: the centre crop,
+    or the paper's ten), made as in training (mirrored flow negates x). Every JPEG of the video
+    is read once: the flows shared by overlapping stacks are kept (as stored uint8) until no
+    later stack needs them. ``positions`` must be increasing.
     """
     from utils import generators
 
     positions = [int(p) for p in positions]
     if any(b <= a for a, b in zip(positions, positions[1:])):
         raise ValueError("positions must be strictly increasing")
+    per_batch = max(1, batch_size // crops)
     if stream == "spatial":
-        for i in range(0, len(positions), batch_size):
-            yield generators.spatial_inputs_for_video(frames_path, positions[i:i + batch_size], image_size)
+        for i in range(0, len(positions), per_batch):
+            yield np.concatenate([generators.spatial_test_inputs(generators.read_frame(frames_path, frame),
+                                                                 image_size, crops)
+                                  for frame in positions[i:i + per_batch]])
         return
     flows: dict[int, np.ndarray] = {}  # flow index -> uint8 [H, W, 2] (x, y)
-    for i in range(0, len(positions), batch_size):
-        chunk = positions[i:i + batch_size]
+    for i in range(0, len(positions), per_batch):
+        chunk = positions[i:i + per_batch]
         for t in range(chunk[0], chunk[-1] + stack_length):
             if t not in flows:
                 flows[t] = generators.read_flow_uint8(frames_path, t, 1)
-        batch = []
-        for start in chunk:
-            stored = np.concatenate([flows[t] for t in range(start, start + stack_length)], axis=-1)
-            box = generators.centre_crop_box(*stored.shape[:2])
-            batch.append(generators.flow_stack_input(stored, box, image_size, False))
+        batch = [generators.temporal_test_inputs(
+                     np.concatenate([flows[t] for t in range(start, start + stack_length)], axis=-1),
+                     image_size, crops)
+                 for start in chunk]
         for t in [t for t in flows if t <= chunk[-1]]:  # the next stack starts after chunk[-1]
             del flows[t]
-        yield np.stack(batch)
+        yield np.concatenate(batch)
 
 
 def _predict_function(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -299,8 +335,8 @@ def _predict_function(model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def score_videos(model, rows: pd.DataFrame, stream: str, protocol: str, *, n_classes: int,
-                 image_size: int = 224, stack_length: int = 10, stride: int = 1,
-                 batch_size: int = 32, loader: InputLoader = load_video_inputs,
+                 image_size: int = 224, stack_length: int = 10, stride: int = 1, segments: int | None = None,
+                 crops: int = 1, batch_size: int = 32, loader: InputLoader = load_video_inputs,
                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Average softmax of ``model`` over each video's inputs; returns ``(scores, n_inputs)``.
 
@@ -341,9 +377,9 @@ def score_videos(model, rows: pd.DataFrame, stream: str, protocol: str, *, n_cla
     n_pending = 0
     for i, row in iterator:
         positions = input_positions(stream, protocol, int(row.n_frames), int(row.n_flows),
-                                    stack_length, stride)
+                                    stack_length, stride, segments)
         for x in loader(stream, row.frames_path, positions, image_size=image_size,
-                        stack_length=stack_length, batch_size=batch_size):
+                        stack_length=stack_length, batch_size=batch_size, crops=crops):
             while len(x):
                 take = min(batch_size - n_pending, len(x))
                 pending_x.append(x[:take])
@@ -429,27 +465,30 @@ def _load_model_cached(path: str, mtime: float):
 
 
 def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test", *,
-                    model=None, checkpoint: str = "best", stride: int = 1, batch_size: int = 32,
-                    index: pd.DataFrame | None = None, allow_missing: bool = False,
-                    force: bool = False, save_every: int = 50, loader: InputLoader = load_video_inputs,
-                    progress: bool = True) -> Scores:
+                    model=None, checkpoint: str = "best", stride: int = 1, segments: int | None = None,
+                    crops: int = 1, batch_size: int = 32, index: pd.DataFrame | None = None,
+                    allow_missing: bool = False, force: bool = False, save_every: int = 50,
+                    loader: InputLoader = load_video_inputs, progress: bool = True) -> Scores:
     """Score every ``subset`` video with one stream under one protocol and save the score file.
 
     The model comes from ``checkpoint`` (``"best"``, ``"last"`` or a path) unless ``model`` is
-    given. An existing score file made with the same checkpoint, settings and videos is reused
+    given. ``stride`` / ``segments`` choose the whole-video inputs (:func:`input_positions`),
+    ``crops`` the crops per input (1: centre; 10: the paper's). An existing score file is reused
+    only if it was made from the same checkpoint file (path, size, time), the same extraction
+    (flow method, frame size, ...), the same stack length, protocol, crops and videos
     (``force=True`` recomputes); an interrupted run resumes from its last saved progress.
-    ``stride`` only applies to ``"whole_video"``.
     """
     _check_choice("stream", stream, STREAMS)
     _check_choice("protocol", protocol, PROTOCOLS)
-    stride = int(stride) if protocol == "whole_video" else 1
+    protocol_id = protocol_settings(protocol, stride=stride, segments=segments, crops=crops)
     ckpt = checkpoint_path(cfg, stream, checkpoint)
     if model is None:
         if not ckpt.is_file():
             raise FileNotFoundError(f"no checkpoint {ckpt}; train the {stream} stream first")
-        ckpt_id = {"checkpoint": str(ckpt), "checkpoint_mtime": ckpt.stat().st_mtime}
+        info = ckpt.stat()
+        ckpt_id = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": info.st_mtime_ns, "checkpoint_bytes": info.st_size}
     else:
-        ckpt_id = {"checkpoint": "<model given in memory>", "checkpoint_mtime": None}
+        ckpt_id = {"checkpoint": "<model given in memory>"}
         force = True  # an in-memory model cannot be matched against a saved file
 
     if index is None:
@@ -459,9 +498,11 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     image_size, stack_length = cfg.image_size, cfg.stack_length
     rows = evaluation_rows(cfg, subset, index=index, stack_length=stack_length,
                            allow_missing=allow_missing)
-    settings = {"stream": stream, "protocol": protocol, "subset": subset, "stride": stride,
+    settings = {"stream": stream, "subset": subset, **protocol_id, "stack_length": stack_length,
                 "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
-                "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0), **ckpt_id}
+                "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0),
+                "extraction": extraction_settings(cfg), **ckpt_id}
+    settings = json.loads(json.dumps(settings, default=str))        # as stored (tuples become lists)
     out = scores_path(cfg, stream, protocol, subset)
     partial = out.with_name(out.stem + ".partial.npz")
     videos = rows["video"].astype(str).to_numpy()
@@ -474,9 +515,13 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
 
     if model is None:
         model = load_stream_model(ckpt)
-    image_size, stack_length = _input_geometry(model, stream, image_size, stack_length)
-    settings.update(image_size=image_size, stack_length=stack_length,
-                    flow_method=extraction_method(cfg) or cfg.flow_method)
+    image_size, model_stack_length = _input_geometry(model, stream, image_size, stack_length)
+    if model_stack_length != stack_length:
+        raise ValueError(f"the temporal model {ckpt_id['checkpoint']} takes stacks of L = {model_stack_length} "
+                         f"flows, but stack_length = {stack_length}: pass stack_length={model_stack_length} "
+                         f"(`-p stack_length={model_stack_length}`) so that the one-frame RGB input sits at "
+                         f"the start of the temporal stack")
+    settings.update(image_size=image_size, flow_method=(settings["extraction"] or {}).get("method"))
 
     scores = np.zeros((len(rows), len(classes)), dtype=np.float32)
     n_inputs = np.zeros(len(rows), dtype=np.int64)
@@ -488,8 +533,9 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     for first in range(start, len(rows), max(1, save_every)):
         chunk = rows.iloc[first:first + max(1, save_every)]
         s, n = score_videos(model, chunk, stream, protocol, n_classes=len(classes),
-                            image_size=image_size, stack_length=stack_length, stride=stride,
-                            batch_size=batch_size, loader=loader, progress=False)
+                            image_size=image_size, stack_length=stack_length, stride=protocol_id["stride"],
+                            segments=protocol_id["segments"], crops=crops, batch_size=batch_size,
+                            loader=loader, progress=False)
         end = first + len(chunk)
         scores[first:end], n_inputs[first:end] = s, n
         if end < len(rows):
@@ -515,13 +561,19 @@ def _input_geometry(model, stream: str, image_size: int, stack_length: int) -> t
     return image_size, stack_length
 
 
-def extraction_method(cfg: Config) -> str | None:
-    """The flow method recorded by the extraction in ``rawframes/extraction_settings.json``."""
+def extraction_settings(cfg: Config) -> dict | None:
+    """The extraction's settings (flow method, frame size, ...) from ``rawframes/extraction_settings.json``."""
     path = Path(cfg.frames_dir) / "extraction_settings.json"
     try:
-        return json.loads(path.read_text()).get("method")
-    except (OSError, ValueError, AttributeError):
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    return settings if isinstance(settings, dict) else None
+
+
+def extraction_method(cfg: Config) -> str | None:
+    """The flow method recorded by the extraction (``None`` if nothing was extracted)."""
+    return (extraction_settings(cfg) or {}).get("method")
 
 
 def _load_if_matching(path: Path, settings: dict, videos: np.ndarray) -> Scores | None:

@@ -66,6 +66,7 @@ from utils.flow import FLOW_BOUND, dequantize_flow, flow_to_color
 
 TRAIN_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)   # crop side / short side, TSN's multi-scale crop
 EVAL_CROP_SCALE = 0.875                        # deterministic centre crop at evaluation
+TEST_CROPS = (1, 10)                           # test-time crops: the centre one, or the paper's ten
 CROP_POSITIONS = ("corners", "uniform")
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)   # ResNet50's preprocessing
 
@@ -269,6 +270,37 @@ def temporal_inputs_for_video(frames_path: PathLike, starts: Sequence[int], imag
         flow = np.concatenate([planes[t] for t in range(int(s), int(s) + stack_length)], axis=-1)
         out[n] = flow_stack_input(flow, centre_crop_box(*flow.shape[:2]), image_size, flip)
     return out
+
+
+def eval_crop_boxes(height: int, width: int, crops: int = 1,
+                   scale: float = EVAL_CROP_SCALE) -> list[tuple[tuple[int, int, int], bool]]:
+    """``[(box, flip), ...]`` of the test-time crops of a frame: ``crops=1`` the centre crop;
+    ``crops=10`` the paper's ten (Simonyan & Zisserman 2014, after Krizhevsky et al. 2012): the four
+    corners and the centre, each also mirrored. Boxes are ``(top, left, side)``, side ``short_side * scale``.
+    """
+    if crops not in TEST_CROPS:
+        raise ValueError(f"crops must be one of {TEST_CROPS}, got {crops!r}")
+    top, left, side = centre_crop_box(height, width, scale)
+    if crops == 1:
+        return [((top, left, side), False)]
+    bottom, right = height - side, width - side
+    five = [(0, 0, side), (0, right, side), (bottom, 0, side), (bottom, right, side), (top, left, side)]
+    return [(box, flip) for flip in (False, True) for box in five]
+
+
+def spatial_test_inputs(frame_rgb: np.ndarray, image_size: int, crops: int = 1, *,
+                        preprocess: Preprocess = default_preprocess) -> np.ndarray:
+    """The test-time inputs of one RGB frame (:func:`eval_crop_boxes`): preprocessed ``float32[crops, S, S, 3]``."""
+    x = np.stack([_frame_input(frame_rgb, box, image_size, flip)
+                  for box, flip in eval_crop_boxes(*frame_rgb.shape[:2], crops)])
+    return np.asarray(preprocess(x), dtype=np.float32)
+
+
+def temporal_test_inputs(flow_uint8: np.ndarray, image_size: int, crops: int = 1) -> np.ndarray:
+    """The test-time inputs of one stored flow stack: ``float32[crops, S, S, 2L]``; mirrored crops
+    negate x, as in training (:func:`flow_stack_input`)."""
+    return np.stack([flow_stack_input(flow_uint8, box, image_size, flip)
+                     for box, flip in eval_crop_boxes(*flow_uint8.shape[:2], crops)])
 
 
 def evenly_spaced(n_positions: int, count: int) -> np.ndarray:

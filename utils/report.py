@@ -14,6 +14,7 @@ the same code works headless and in notebooks.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -25,8 +26,8 @@ from matplotlib.ticker import MaxNLocator
 
 from utils import config as config_module
 from utils.config import Config
-from utils.evaluation import PROTOCOLS, STREAMS, Scores, classification_metrics, fusion_results, \
-    per_class_accuracy
+from utils.evaluation import PROTOCOLS, STREAMS, Scores, classification_metrics, describe_protocol, \
+    fusion_results, per_class_accuracy
 
 NETWORKS = {  # key in evaluation.fusion_results -> row of the course's table
     "spatial": "Spatial ResNet-50",
@@ -103,6 +104,18 @@ def markdown_table(frame: pd.DataFrame) -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+def spatial_initialisation(cfg: Config) -> str | None:
+    """How the spatial backbone was initialised, from its training folder's ``state.json`` (None if unknown)."""
+    from utils.pretrained import describe_weights
+
+    try:      # the training folder's state.json (utils.training), read without importing Keras
+        state = json.loads((Path(cfg.stream_dir("spatial")) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    run_info = (state.get("settings") or {}).get("run_info") or {}
+    return describe_weights(run_info["weights"]) if "weights" in run_info else None
 
 
 def load_history(cfg: Config, stream: str) -> pd.DataFrame | None:
@@ -324,19 +337,20 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
         lines.append(f"- classes: {len(any_scores.class_names)}; test videos: " + ", ".join(
             f"{n} ({PROTOCOL_NAMES[p].lower()})" for p, n in n_test.items()))
         meta = any_scores.meta
-        lines.append(f"- input: {meta.get('image_size', cfg.image_size)} px centre crop; flow stacks of "
+        lines.append(f"- input: {meta.get('image_size', cfg.image_size)} px crops; flow stacks of "
                      f"L = {meta.get('stack_length', cfg.stack_length)} "
                      f"({meta.get('flow_method', cfg.flow_method)} flow)")
         missing = {m for res in results.values() for s in res.values() for m in [s.meta.get("n_missing")] if m}
         if missing:
             lines.append(f"- **partial test split**: {max(missing)} test videos were not extracted and were skipped")
-    lines.append("- one frame: per video, the flow stack starting at "
-                 "`clamp(n_flows // 2 - L // 2 + 1, 1, n_flows - L + 1)` and the RGB frame at the same index")
     for protocol, res in results.items():
-        if protocol == "whole_video" and res:
-            strides = {s.meta.get("stride") for k, s in res.items() if k in STREAMS}
-            lines.append(f"- whole video: every frame and every stack (start 1 ... n_flows - L + 1), "
-                         f"stride {', '.join(map(str, sorted(strides, key=str)))}, softmax averaged per video")
+        for stream in STREAMS:
+            if stream in res:
+                meta = res[stream].meta
+                cost = f"; {int(res[stream].n_inputs.sum())} inputs in {meta['seconds']:.0f} s" \
+                    if meta.get("seconds") is not None else f"; {int(res[stream].n_inputs.sum())} inputs"
+                lines.append(f"- {PROTOCOL_NAMES[protocol].lower()}, {stream}: {describe_protocol(meta)}, "
+                             f"softmax averaged per video{cost}")
         if "weighted" in res:
             search = res["weighted"].meta.get("weight_search", {})
             n_val = res["weighted"].meta.get("n_val")
@@ -344,6 +358,9 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
                          f"{res['weighted'].meta['weight']:.2f} for the spatial stream, chosen among "
                          f"{len(search.get('weight', []))} values on the validation videos"
                          + (f" ({n_val} videos)" if n_val else ""))
+    initialisation = spatial_initialisation(cfg)
+    if initialisation:
+        lines.append(f"- spatial stream initialisation: {initialisation}")
     for stream in STREAMS:
         ckpts = {res[stream].meta.get("checkpoint") for res in results.values() if stream in res}
         history = load_history(cfg, stream)
