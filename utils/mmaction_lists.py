@@ -189,8 +189,12 @@ def write_lists(cfg, index: pd.DataFrame | None = None, out_dir=None, dataset_na
     renamed. Returns ``{"files": [paths], "videos": n listed, "not_extracted": n left out}``.
     """
     if index is None:
+        import warnings
+
         from .dataset import build_index
-        index = build_index(cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # videos missing on disk: the lists need frames only
+            index = build_index(cfg)
     out_dir = Path(out_dir) if out_dir is not None else Path(cfg.data_root)
     name = dataset_name or cfg.dataset_name
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ def read_ucf101_list(path, class_index: dict[str, int]) -> list[tuple[str, str, 
         if len(parts) not in (1, 2) or parts[0].count("/") != 1:
             raise ValueError(f"{where}: expected '<ClassName>/<clip>.avi' and an optional class index")
         class_name, filename = parts[0].split("/")
-        if os.path.splitext(filename)[1].lower() not in VIDEO_EXTENSIONS:
+        if not filename.lower().endswith(VIDEO_EXTENSIONS):
             raise ValueError(f"{where}: video name must end in .avi or .mp4")
         if class_name not in class_index:
             raise ValueError(f"{where}: class {class_name!r} is not in {UCF101_CLASS_INDEX}")
@@ -191,7 +191,7 @@ def load_ucf101_splits(splits_dir) -> pd.DataFrame:
     for (kind, k), path in paths.items():
         role = "train" if kind == "train" else "test"
         for class_name, filename, line_no in read_ucf101_list(path, class_index):
-            stem = os.path.splitext(filename)[0]
+            stem = filename.rpartition(".")[0]
             row = rows.setdefault(stem, {"class_name": class_name, "filename": filename, "video": stem,
                                          **{f"split{s}": "unused" for s in SPLITS}})
             if row["class_name"] != class_name:
