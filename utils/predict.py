@@ -227,6 +227,9 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         folder = Path(tmp) / "rawframes" / video.stem
+        if progress:
+            print(f"{video.name}: extracting frames and {settings.method} optical flow "
+                  f"({meta['frames']} frames in the header)", flush=True)
         started = time.perf_counter()
         try:
             extract_video(video, folder, settings=settings)
@@ -377,7 +380,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         prediction = predict_video(args.video, args.run, dataset=args.dataset, flow_method=args.flow_method,
-                                   max_frames=args.max_frames, batch_size=args.batch_size)
+                                   max_frames=args.max_frames, batch_size=args.batch_size, progress=True)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
