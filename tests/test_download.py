@@ -6,6 +6,7 @@ files (and, where unar/7z/bsdtar is installed, with the real tool, which also re
 import hashlib
 import http.server
 import re
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from utils import dataset, download
+from utils.config import Config
 
 SPLITS_FIXTURE = Path(__file__).resolve().parent / "data" / "hmdb51_splits"
 PAYLOAD = bytes(range(256)) * 4000 + b"tail"   # ~1 MB, not a multiple of the chunk size
@@ -246,3 +248,91 @@ def test_unpack_with_system_extractor(tmp_path):
     download.unpack_splits(splits_rar, dest)
     download.unpack_videos(videos_rar, dest, progress=False)
     check_layout(dest)
+
+
+# ---------------------------------------------------------------- UCF101
+UCF101_SPLITS_FIXTURE = Path(__file__).resolve().parent / "data" / "ucf101_splits"
+UCF101_SAMPLE = {"ApplyEyeMakeup": ["v_ApplyEyeMakeup_g01_c01.avi", "v_ApplyEyeMakeup_g08_c02.avi"],
+                 "HandstandPushups": ["v_HandStandPushups_g08_c01.avi"], "YoYo": ["v_YoYo_g25_c05.avi"]}
+
+
+def make_fake_ucf101_archives(folder: Path):
+    """A ZIP shaped like UCF101.rar (``UCF-101/<Class>/*.avi``) and the real lists zipped as the official zip."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / "UCF101.rar", "w") as videos:
+        for class_name, names in UCF101_SAMPLE.items():
+            for name in names:
+                videos.writestr(f"UCF-101/{class_name}/{name}", name.encode())
+    with zipfile.ZipFile(folder / "UCF101TrainTestSplits-RecognitionTask.zip", "w") as splits:
+        for path in sorted(UCF101_SPLITS_FIXTURE.glob("*.txt")):
+            splits.write(path, f"ucfTrainTestlist/{path.name}")
+    return folder / "UCF101.rar", folder / "UCF101TrainTestSplits-RecognitionTask.zip"
+
+
+def serve_ucf101(server, monkeypatch, tmp_path, splits_sha256=None):
+    """Serve fake UCF101 archives and point download.UCF101_* at them (sizes and SHA-256 recorded)."""
+    for name, path in zip(("UCF101_VIDEOS", "UCF101_SPLITS"), make_fake_ucf101_archives(tmp_path / "archives")):
+        data = path.read_bytes()
+        server.files["/" + path.name] = data
+        digest = splits_sha256 if name == "UCF101_SPLITS" and splits_sha256 else hashlib.sha256(data).hexdigest()
+        monkeypatch.setattr(download, name, download.Archive(server.url + "/" + path.name, path.name,
+                                                             size=len(data), sha256=digest))
+
+
+def check_ucf101_layout(dest: Path):
+    assert sorted(p.name for p in (dest / "splits").iterdir()) == sorted(p.name for p in UCF101_SPLITS_FIXTURE.iterdir())
+    for class_name, names in UCF101_SAMPLE.items():
+        assert sorted(p.name for p in (dest / "videos" / class_name).iterdir()) == sorted(names)
+    assert not list(dest.glob(".unpack_*"))
+
+
+def test_download_ucf101_end_to_end(server, tmp_path, monkeypatch):
+    serve_ucf101(server, monkeypatch, tmp_path)
+    dest = tmp_path / "ucf101"
+    download.download_ucf101(dest, extract=zip_extract, progress=False)
+    check_ucf101_layout(dest)
+    table = dataset.load_splits(dest / "splits")       # the official lists, as unpacked
+    assert len(table) == 13320 and table["split1"].value_counts()["train"] == 9537
+    # a partial copy (3 classes of 101): the index counts the missing clips
+    with pytest.warns(UserWarning, match="13316 of 13320 videos listed"):
+        index = dataset.build_index(Config(dataset=str(dest)))
+    assert index["has_video"].sum() == 4
+    # resumable: a finished class is kept, a missing one is unpacked again
+    shutil.rmtree(dest / "videos" / "YoYo")
+    kept = (dest / "videos" / "ApplyEyeMakeup").stat().st_ino
+    download.unpack_ucf101_videos(dest / "downloads" / "UCF101.rar", dest, extract=zip_extract, progress=False)
+    check_ucf101_layout(dest)
+    assert (dest / "videos" / "ApplyEyeMakeup").stat().st_ino == kept
+
+
+def test_ucf101_videos_skipped_when_every_class_is_there(tmp_path):
+    dest = tmp_path / "ucf101"
+    shutil.copytree(UCF101_SPLITS_FIXTURE, dest / "splits")
+    for class_name in dataset.class_names(dest / "splits"):
+        (dest / "videos" / class_name).mkdir(parents=True)
+
+    def no_extract(*args):
+        raise AssertionError("nothing to unpack")
+
+    download.unpack_ucf101_videos(tmp_path / "UCF101.rar", dest, extract=no_extract, progress=False)
+
+
+def test_ucf101_sha256_mismatch_moves_file_aside(server, tmp_path, monkeypatch):
+    serve_ucf101(server, monkeypatch, tmp_path, splits_sha256="0" * 64)
+    with pytest.raises(download.DownloadError, match="SHA256 .* does not match the published 0000"):
+        download.download_ucf101(tmp_path / "ucf101", splits_only=True, progress=False)
+    assert (tmp_path / "ucf101" / "downloads" / "UCF101TrainTestSplits-RecognitionTask.zip.corrupt").is_file()
+
+
+def test_ucf101_cli_splits_need_no_rar_tool(server, tmp_path, monkeypatch, capsys):
+    serve_ucf101(server, monkeypatch, tmp_path)
+    monkeypatch.setattr(download.shutil, "which", lambda name: None)
+    dest = tmp_path / "cli"
+    assert download.main(["--dataset", "ucf101", "--dest", str(dest), "--splits-only"]) == 0
+    assert "7 split files" in capsys.readouterr().out
+    assert len(dataset.load_splits(dest / "splits")) == 13320
+    # the videos need a RAR tool: refused before the download
+    assert download.main(["--dataset", "ucf101", "--dest", str(tmp_path / "full")]) == 1
+    assert "No RAR extractor found" in capsys.readouterr().err
+    assert not (tmp_path / "full" / "downloads" / "UCF101.rar").exists()
+

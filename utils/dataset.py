@@ -37,7 +37,10 @@ quality        bad     "bad"
 clip           N       N as an int (index of the clip within its source)
 =============  ======  =====================================================
 
-A name that does not follow the pattern gets ``source`` = its stem and ``None`` meta values.
+A name that does not follow the pattern gets ``source`` = its stem and ``None`` meta values,
+except UCF101's ``v_<Class>_g<GG>_c<CC>``: source ``gGG`` (UCF101's group, shared by all classes)
+and clip ``CC``. UCF101's official lists and mmaction2 list files are read as splits too
+(:mod:`utils.split_formats`).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import split_formats
 from .config import Config
 
 SPLITS = (1, 2, 3)
@@ -151,8 +155,12 @@ def _split_files(splits_dir: Path) -> dict[str, dict[int, Path]]:
 
 
 def class_names(cfg_or_splits_dir) -> list[str]:
-    """The sorted class list: one class per set of split files (a dataset may have fewer than 51)."""
+    """The class list in label order: HMDB51's sorted (one class per set of split files, a dataset
+    may have fewer than 51); UCF101's and mmaction2 lists' as they number them."""
     splits_dir = cfg_or_splits_dir.splits_dir if isinstance(cfg_or_splits_dir, Config) else cfg_or_splits_dir
+    fmt = split_formats.detect_format(splits_dir)
+    if fmt != "hmdb51":  # UCF101 / mmaction2 lists: the label order they define
+        return list(split_formats.load_table(splits_dir, fmt).attrs["class_names"])
     return sorted(_split_files(Path(splits_dir)))
 
 
@@ -165,8 +173,18 @@ def load_splits(splits_dir, check_hmdb51: bool | None = None) -> pd.DataFrame:
     ``check_hmdb51``: check the official counts (70 train / 30 test per class and split, 3570 /
     1530 per split). ``None`` (default) checks when the classes are exactly HMDB51's 51 classes,
     so smaller datasets in the same layout (the demo) are accepted as they are.
+
+    ``splits_dir`` may also hold UCF101's official lists or mmaction2 list files (see
+    :mod:`utils.split_formats`): the same table, with ``table.attrs["class_names"]`` in the
+    label order they define; ``None`` checks nothing there.
     """
     splits_dir = Path(splits_dir)
+    fmt = split_formats.detect_format(splits_dir)
+    if fmt != "hmdb51":  # UCF101's official lists or mmaction2 list files (utils.split_formats)
+        table = split_formats.load_table(splits_dir, fmt)
+        if check_hmdb51:
+            check_hmdb51_counts(table, splits_dir)
+        return table
     files = _split_files(splits_dir)
     rows = []
     owner: dict[str, str] = {}
@@ -233,12 +251,13 @@ def parse_meta(filename, class_name: str | None = None) -> dict:
 
     ``class_name`` tells where the source part ends; without it the HMDB51 class names are
     tried (longest first). Names that do not follow the pattern give ``source`` = stem and
-    ``None`` for every tag.
+    ``None`` for every tag; UCF101 names give their group (``"g08"``) and clip number.
     """
     stem = os.path.splitext(os.path.basename(str(filename)))[0]
     match = _META_PATTERN.match(stem)
     if match is None:
-        return {"source": stem, **{key: None for key in META_KEYS}}
+        ucf101 = split_formats.parse_ucf101_name(stem)  # v_<Class>_g08_c01: source "g08", clip 1
+        return {"source": stem, **{key: None for key in META_KEYS}, **(ucf101 or {})}
     prefix = match["prefix"]
     candidates = [class_name] if class_name else sorted(HMDB51_CLASSES, key=len, reverse=True)
     source = prefix
@@ -341,7 +360,9 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
     (``has_video`` False) with a warning; ``strict=True`` raises instead.
     """
     table = load_splits(cfg.splits_dir, check_hmdb51=check_hmdb51)
-    classes = sorted(table["class_name"].unique())
+    if (table[f"split{cfg.split}"] == "unused").all():
+        raise ValueError(f"{cfg.splits_dir} defines no clips for split {cfg.split}")
+    classes = list(table.attrs.get("class_names") or sorted(table["class_name"].unique()))
     label_of = {name: i for i, name in enumerate(classes)}
 
     meta = pd.DataFrame(

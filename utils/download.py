@@ -1,25 +1,36 @@
-"""Get HMDB51: download the official archives and unpack them into the repository's data layout.
+"""Get HMDB51 or UCF101: download the official archives and unpack them into the repository's data layout.
 
-    python -m utils.download                 # videos (about 2 GB) and split files into data/hmdb51/
-    python -m utils.download --splits-only   # only the 153 split files (a few kB)
-    python -m utils.download --dest DIR      # somewhere else
+    python -m utils.download                     # HMDB51: videos (about 2 GB) and split files into data/hmdb51/
+    python -m utils.download --splits-only       # only the 153 split files (a few kB)
+    python -m utils.download --dataset ucf101    # UCF101: videos (about 6.5 GB) and lists into data/ucf101/
+    python -m utils.download --dest DIR          # somewhere else
 
-The archives come from the Serre lab (Brown University), who publish HMDB51 under CC BY 4.0:
+HMDB51 comes from the Serre lab (Brown University), who publish it under CC BY 4.0:
 
 * ``hmdb51_org.rar``: one RAR archive per class, each holding that class's ``.avi`` clips;
 * ``test_train_splits.rar``: the folder ``testTrainMulti_7030_splits/`` with 153 split files.
 
+UCF101 comes from the Center for Research in Computer Vision (University of Central Florida):
+
+* ``UCF101.rar``: one RAR archive holding ``UCF-101/<Class>/v_<Class>_g<GG>_c<CC>.avi`` (13,320 clips);
+* ``UCF101TrainTestSplits-RecognitionTask.zip``: ``ucfTrainTestlist/`` with ``classInd.txt``,
+  ``trainlist0{1,2,3}.txt`` and ``testlist0{1,2,3}.txt`` (read by :mod:`utils.split_formats`).
+
 Downloads go to ``<dest>/downloads/`` and are **resumable**: bytes arrive in ``<name>.part``
 (an interrupted run continues with an HTTP Range request) and the file gets its final name
-only when it is complete. Exact byte sizes are not recorded here; completeness is checked
-against the size the server announces (Content-Length / Content-Range) and the finished file
-against the MD5 sums published with torchvision (splits) and DeepMind's ``brave`` (videos).
+only when it is complete. Completeness is checked against the size the server announces
+(Content-Length / Content-Range), or the size recorded here where a maintained source publishes
+one, and the finished file against published checksums: the MD5 sums of torchvision (HMDB51
+splits) and DeepMind's ``brave`` (HMDB51 videos), the size and SHA-256 of TensorFlow Datasets
+(UCF101 lists). No maintained source publishes a checksum of ``UCF101.rar``: its announced size
+is checked, and a broken archive shows when it is unpacked.
 
-Unpacking needs a RAR extractor on the system (Python's standard library cannot read RAR):
-``unar``, ``unrar``, ``7z`` or ``bsdtar``. The result is::
+Unpacking RAR needs an extractor on the system (Python's standard library cannot read RAR):
+``unar``, ``unrar``, ``7z`` or ``bsdtar``; ZIP is read by Python. The result is::
 
     <dest>/videos/<class>/<video>.avi
-    <dest>/splits/<class>_test_split{1,2,3}.txt
+    <dest>/splits/<class>_test_split{1,2,3}.txt        (HMDB51)
+    <dest>/splits/classInd.txt, trainlist0k.txt, ...   (UCF101)
 
 A class folder appears only once it is fully unpacked, so an interrupted run can be resumed.
 """
@@ -36,6 +47,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,6 +63,7 @@ class Archive:
     filename: str
     md5: str | None = None   # None: not checked
     size: int | None = None  # bytes; None: trust the server's Content-Length
+    sha256: str | None = None  # None: not checked
 
 
 VIDEOS = Archive(
@@ -65,6 +78,19 @@ SPLITS = Archive(
 )
 DEFAULT_DEST = DATA_DIR / "hmdb51"
 EXPECTED_VIDEOS = 6766
+UCF101_VIDEOS = Archive(
+    url="https://www.crcv.ucf.edu/data/UCF101/UCF101.rar",
+    filename="UCF101.rar",
+)
+UCF101_SPLITS = Archive(
+    url="https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip",
+    filename="UCF101TrainTestSplits-RecognitionTask.zip",
+    size=113943,   # size and SHA-256 as recorded by TensorFlow Datasets (url_checksums/ucf101.txt)
+    sha256="5c0d1a53b8ed364a2ac830a73f405e51bece7d98ce1254fd19ed4a36b224bd27",
+)
+UCF101_DEST = DATA_DIR / "ucf101"
+UCF101_EXPECTED_VIDEOS = 13320
+UCF101_SPLIT_FILES = ("classInd.txt", *(f"{kind}list{k:02d}.txt" for kind in ("train", "test") for k in (1, 2, 3)))
 CHUNK_SIZE = 1 << 20
 USER_AGENT = "two-stream-hmdb51-downloader (Python urllib)"
 
@@ -92,8 +118,9 @@ class DownloadError(RuntimeError):
 # --------------------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------------------
-def md5sum(path, chunk_size: int = CHUNK_SIZE) -> str:
-    digest = hashlib.md5()
+def file_digest(path, algorithm: str = "md5", chunk_size: int = CHUNK_SIZE) -> str:
+    """Hex digest (``"md5"``, ``"sha256"``, ...) of a file, read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
@@ -113,30 +140,32 @@ def _total_size(response, offset: int) -> int | None:
     return None
 
 
-def _verify(path: Path, size: int | None, md5: str | None) -> None:
+def _verify(path: Path, size: int | None, md5: str | None, sha256: str | None = None) -> None:
     actual = path.stat().st_size
     if size is not None and actual != size:
         raise DownloadError(f"{path}: size mismatch, {actual} bytes on disk but {size} expected")
-    if md5 is not None:
-        digest = md5sum(path)
-        if digest != md5:
+    for algorithm, published in (("md5", md5), ("sha256", sha256)):
+        if published is None:
+            continue
+        digest = file_digest(path, algorithm)
+        if digest != published:
             bad = path.with_name(path.name + ".corrupt")
             os.replace(path, bad)
-            raise DownloadError(f"{path}: MD5 {digest} does not match the published {md5}; "
-                                f"moved to {bad.name}, run again to download it afresh")
+            raise DownloadError(f"{path}: {algorithm.upper()} {digest} does not match the published "
+                                f"{published}; moved to {bad.name}, run again to download it afresh")
 
 
 def download_file(url: str, dest, *, size: int | None = None, md5: str | None = None,
-                  timeout: float = 60.0, progress: bool = True) -> Path:
+                  sha256: str | None = None, timeout: float = 60.0, progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, resuming ``dest.part`` if an earlier run was interrupted.
 
-    ``size``: expected bytes (default: what the server announces). ``md5``: checked at the end.
-    An existing ``dest`` is verified and kept. Raises :class:`DownloadError` when the bytes
+    ``size``: expected bytes (default: what the server announces). ``md5``, ``sha256``: checked
+    at the end. An existing ``dest`` is verified and kept. Raises :class:`DownloadError` when the bytes
     received do not add up; an incomplete ``.part`` is kept so the next call resumes it.
     """
     dest = Path(dest)
     if dest.exists():
-        _verify(dest, size, md5)
+        _verify(dest, size, md5, sha256)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -191,7 +220,7 @@ def download_file(url: str, dest, *, size: int | None = None, md5: str | None = 
         raise DownloadError(f"{url}: the connection ended after {received} of {total} bytes; "
                             f"run again to resume from {part}")
     os.replace(part, dest)
-    _verify(dest, None, md5)
+    _verify(dest, None, md5, sha256)
     return dest
 
 
@@ -272,6 +301,88 @@ def unpack_videos(archive, dest, extract: Callable = extract_rar, progress: bool
     return videos_dir
 
 
+def unpack_ucf101_splits(archive, dest) -> Path:
+    """``UCF101TrainTestSplits-RecognitionTask.zip`` -> ``<dest>/splits/`` (classInd.txt, train/test lists)."""
+    dest = Path(dest)
+    splits_dir = dest / "splits"
+    if all((splits_dir / name).is_file() for name in UCF101_SPLIT_FILES):
+        return splits_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".unpack_splits_") as tmp:
+        staging = Path(tmp) / "splits"
+        staging.mkdir()
+        with zipfile.ZipFile(archive) as z:
+            members = {Path(info.filename).name: info for info in z.infolist() if not info.is_dir()}
+            missing = [name for name in UCF101_SPLIT_FILES if name not in members]
+            if missing:
+                raise RuntimeError(f"{archive}: {', '.join(missing)} not inside")
+            for name in UCF101_SPLIT_FILES:
+                (staging / name).write_bytes(z.read(members[name]))
+        splits_dir.mkdir(exist_ok=True)
+        for name in UCF101_SPLIT_FILES:
+            os.replace(staging / name, splits_dir / name)
+    return splits_dir
+
+
+def unpack_ucf101_videos(archive, dest, extract: Callable = extract_rar, progress: bool = True) -> Path:
+    """``UCF101.rar`` (``UCF-101/<Class>/*.avi``) -> ``<dest>/videos/<Class>/*.avi``.
+
+    Skipped when every class of ``<dest>/splits/classInd.txt`` is already there; otherwise the
+    archive is unpacked and the missing classes are moved in, each folder only when complete.
+    """
+    from .split_formats import read_class_index
+
+    dest = Path(dest)
+    videos_dir = dest / "videos"
+    class_index = dest / "splits" / "classInd.txt"
+    if class_index.is_file() and all((videos_dir / c).is_dir() for c in read_class_index(class_index)):
+        return videos_dir
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".unpack_videos_") as tmp:
+        tmp = Path(tmp)
+        extract(Path(archive), tmp / "raw")
+        by_class: dict[str, list[Path]] = {}
+        for video in _files_below(tmp / "raw", ".avi"):
+            by_class.setdefault(video.parent.name, []).append(video)
+        if not by_class:
+            raise RuntimeError(f"{archive}: no .avi files inside")
+        for class_name, videos in tqdm(sorted(by_class.items()), desc="classes", disable=not progress):
+            target = videos_dir / class_name
+            if target.is_dir():
+                continue
+            staging = tmp / "staging" / class_name
+            staging.mkdir(parents=True)
+            for video in videos:
+                os.replace(video, staging / video.name)
+            os.replace(staging, target)
+    return videos_dir
+
+
+def download_ucf101(dest=UCF101_DEST, splits_only: bool = False, remove_archives: bool = False,
+                    extract: Callable | None = None, progress: bool = True) -> Path:
+    """Download and unpack UCF101 into ``dest`` (default ``data/ucf101``); returns ``dest``.
+
+    The lists (a ZIP) need nothing but Python; the videos need a RAR extractor, checked before
+    the 6.5 GB download.
+    """
+    dest = Path(dest)
+    if extract is None and not splits_only:
+        if find_rar_tool() is None:
+            raise RuntimeError(INSTALL_HELP.format(tools=", ".join(RAR_TOOLS)))
+        extract = extract_rar
+    downloads = dest / "downloads"
+    archives = [UCF101_SPLITS] if splits_only else [UCF101_SPLITS, UCF101_VIDEOS]
+    paths = {a.filename: download_file(a.url, downloads / a.filename, size=a.size, md5=a.md5,
+                                       sha256=a.sha256, progress=progress) for a in archives}
+    unpack_ucf101_splits(paths[UCF101_SPLITS.filename], dest)
+    if not splits_only:
+        unpack_ucf101_videos(paths[UCF101_VIDEOS.filename], dest, extract, progress=progress)
+    if remove_archives:
+        for path in paths.values():
+            path.unlink()
+    return dest
+
+
 def download_hmdb51(dest=DEFAULT_DEST, splits_only: bool = False, remove_archives: bool = False,
                     extract: Callable | None = None, progress: bool = True) -> Path:
     """Download and unpack HMDB51 into ``dest`` (default ``data/hmdb51``); returns ``dest``.
@@ -296,23 +407,32 @@ def download_hmdb51(dest=DEFAULT_DEST, splits_only: bool = False, remove_archive
     return dest
 
 
+DATASETS = {
+    "hmdb51": (download_hmdb51, DEFAULT_DEST, EXPECTED_VIDEOS),
+    "ucf101": (download_ucf101, UCF101_DEST, UCF101_EXPECTED_VIDEOS),
+}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.download", description=__doc__.split("\n")[0])
-    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST,
-                        help=f"dataset folder (default: {DEFAULT_DEST})")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="hmdb51",
+                        help="which dataset (default: hmdb51)")
+    parser.add_argument("--dest", type=Path, help="dataset folder (default: data/<dataset>)")
     parser.add_argument("--splits-only", action="store_true", help="only the split files")
     parser.add_argument("--remove-archives", action="store_true",
-                        help="delete the downloaded .rar files after unpacking")
+                        help="delete the downloaded archives after unpacking")
     args = parser.parse_args(argv)
+    download, default_dest, expected = DATASETS[args.dataset]
     try:
-        dest = download_hmdb51(args.dest, splits_only=args.splits_only, remove_archives=args.remove_archives)
+        dest = download(args.dest or default_dest, splits_only=args.splits_only,
+                        remove_archives=args.remove_archives)
     except (DownloadError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    n_splits = len(list((dest / "splits").glob("*_test_split*.txt")))
+    n_splits = sum(1 for p in (dest / "splits").iterdir() if p.suffix == ".txt")
     n_videos = sum(1 for _ in (dest / "videos").glob("*/*.avi")) if not args.splits_only else 0
     print(f"{dest}: {n_splits} split files" + ("" if args.splits_only else
-                                              f", {n_videos} videos (HMDB51 has {EXPECTED_VIDEOS})"))
+                                              f", {n_videos} videos ({args.dataset.upper()} has {expected})"))
     return 0
 
 

@@ -1,0 +1,210 @@
+"""Split definitions besides HMDB51's: UCF101's official lists and mmaction2's list files.
+
+:mod:`utils.dataset` reads HMDB51's ``<class>_test_split<k>.txt`` files itself; a ``splits/``
+folder in another format is read here into the same table (``class_name``, ``filename``,
+``video``, ``split1`` .. ``split3`` = "train" / "test" / "unused"), so nothing downstream knows
+which dataset it reads. :func:`detect_format` tells the formats apart by their file names.
+
+UCF101 (Soomro et al. 2012), the files of ``UCF101TrainTestSplits-RecognitionTask.zip``
+(folder ``ucfTrainTestlist/``), unchanged::
+
+    classInd.txt        1 ApplyEyeMakeup                                   class index, 1-based
+    trainlist0k.txt     ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1      k = 1, 2, 3
+    testlist0k.txt      ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi        (no class index)
+
+Lines end in CRLF. Labels follow ``classInd.txt`` (label = index - 1, as mmaction2's
+``parse_ucf101_splits``), which is *not* Python's sorted order (``Hammering`` comes before
+``HammerThrow``). A clip name ``v_<Class>_g<GG>_c<CC>`` says its group ``GG`` (01-25): the clips
+of a group come from one long video, the same actors and background, and a group number
+means the same recording session in every class; the official splits hold out groups 1-7,
+8-14 and 15-21 as test. So the group is the clip's *source* (``"g08"``, shared across classes)
+and the validation carve-out of :func:`utils.dataset.carve_validation` moves whole groups.
+(The folder and the file name may spell a class differently: ``HandstandPushups/
+v_HandStandPushups_g01_c01.avi``; the folder is the class.)
+
+mmaction2's ``<dataset>_{train,val}_split_{1,2,3}_rawframes.txt`` lists are read by
+:mod:`utils.mmaction_lists`, in ``splits/`` or, where mmaction2 writes them, in the dataset folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .mmaction_lists import find_list_folder, find_lists, load_list_splits
+
+SPLITS = (1, 2, 3)
+FORMATS = ("hmdb51", "ucf101", "mmaction2")
+VIDEO_EXTENSIONS = (".avi", ".mp4")
+UCF101_CLASS_INDEX = "classInd.txt"
+_HMDB51_FILE = re.compile(r"^.+_test_split\d+\.txt$")
+_UCF101_LIST = re.compile(r"^(?:train|test)list\d+\.txt$", re.IGNORECASE)
+_UCF101_NAME = re.compile(r"^v_(?P<name>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
+
+
+def ucf101_list_name(kind: str, split: int) -> str:
+    """``trainlist01.txt`` / ``testlist03.txt``."""
+    return f"{kind}list{split:02d}.txt"
+
+
+def _file_names(folder: Path) -> list[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return [e.name for e in entries if e.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def detect_format(splits_dir) -> str:
+    """``"hmdb51"``, ``"ucf101"`` or ``"mmaction2"``: which split definition ``splits_dir`` holds.
+
+    HMDB51's files win when several kinds are present (mmaction2's HMDB51 tools write UCF101-style
+    lists next to them); mmaction2 lists are also looked for in the folder above ``splits_dir``.
+    A folder with none of them is ``"hmdb51"``, whose reader then says what is missing.
+    """
+    names = _file_names(Path(splits_dir))
+    if any(_HMDB51_FILE.match(n) for n in names):
+        return "hmdb51"
+    if any(n.casefold() == UCF101_CLASS_INDEX.casefold() or _UCF101_LIST.match(n) for n in names):
+        return "ucf101"
+    if find_list_folder(splits_dir) is not None:
+        return "mmaction2"
+    return "hmdb51"
+
+
+def load_table(splits_dir, fmt: str) -> pd.DataFrame:
+    """The split table of a non-HMDB51 format; ``table.attrs["class_names"]`` is the label order."""
+    if fmt == "ucf101":
+        return load_ucf101_splits(splits_dir)
+    if fmt == "mmaction2":
+        return load_list_splits(splits_dir)
+    raise ValueError(f"format must be one of {FORMATS[1:]} here, got {fmt!r}")
+
+
+def split_files(splits_dir, split: int) -> list[Path]:
+    """The files that define split ``split`` of ``splits_dir``, whatever the format (for display)."""
+    splits_dir = Path(splits_dir)
+    fmt = detect_format(splits_dir)
+    if fmt == "ucf101":
+        return [splits_dir / UCF101_CLASS_INDEX] + [splits_dir / ucf101_list_name(kind, split)
+                                                    for kind in ("train", "test")]
+    if fmt == "mmaction2":
+        lists = find_lists(find_list_folder(splits_dir))
+        return [lists[key] for key in (("train", split), ("val", split)) if key in lists]
+    return sorted(p for p in (splits_dir / n for n in _file_names(splits_dir))
+                  if p.name.endswith(f"_test_split{split}.txt"))
+
+
+# --------------------------------------------------------------------------------------
+# UCF101
+# --------------------------------------------------------------------------------------
+def parse_ucf101_name(filename) -> dict | None:
+    """``{"source": "g08", "clip": 1}`` for ``v_<Class>_g08_c01[.avi]``, else None."""
+    stem = os.path.splitext(os.path.basename(str(filename)))[0]
+    match = _UCF101_NAME.match(stem)
+    if match is None:
+        return None
+    return {"source": f"g{int(match['group']):02d}", "clip": int(match["clip"])}
+
+
+def _lines(path: Path):
+    """``(line_no, stripped text)`` of the non-blank lines (UTF-8, a BOM and CRLF are fine)."""
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_no, line.strip()
+
+
+def read_class_index(path) -> list[str]:
+    """Class names of a ``classInd.txt`` in index order (lines ``<n> <Class>``, n = 1, 2, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"UCF101 class index not found: {path} (from "
+                                "UCF101TrainTestSplits-RecognitionTask.zip; `python -m utils.download "
+                                "--dataset ucf101 --splits-only` gets it)")
+    names: list[str] = []
+    for line_no, text in _lines(path):
+        parts = text.split()
+        where = f"{path}, line {line_no}: {text!r}"
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"{where}: expected '<index> <ClassName>'")
+        if int(parts[0]) != len(names) + 1:
+            raise ValueError(f"{where}: class indices must count 1, 2, 3, ... (expected {len(names) + 1})")
+        if parts[1] in names:
+            raise ValueError(f"{where}: class {parts[1]!r} already listed as {names.index(parts[1]) + 1}")
+        names.append(parts[1])
+    if not names:
+        raise ValueError(f"class index is empty: {path}")
+    return names
+
+
+def read_ucf101_list(path, class_index: dict[str, int]) -> list[tuple[str, str, int]]:
+    """``[(class_name, filename, line_no), ...]`` of a train or test list.
+
+    Lines are ``<Class>/<clip>.avi`` with an optional class index (the train lists have one); the
+    folder must be a class of ``class_index`` (name -> 1-based index) and the index must match it.
+    """
+    path = Path(path)
+    entries: list[tuple[str, str, int]] = []
+    seen: dict[str, int] = {}
+    for line_no, text in _lines(path):
+        parts = text.split()
+        where = f"{path}, line {line_no}: {text!r}"
+        if len(parts) not in (1, 2) or parts[0].count("/") != 1:
+            raise ValueError(f"{where}: expected '<ClassName>/<clip>.avi' and an optional class index")
+        class_name, filename = parts[0].split("/")
+        if not filename.lower().endswith(VIDEO_EXTENSIONS):
+            raise ValueError(f"{where}: video name must end in .avi or .mp4")
+        if class_name not in class_index:
+            raise ValueError(f"{where}: class {class_name!r} is not in {UCF101_CLASS_INDEX}")
+        if len(parts) == 2 and parts[1] != str(class_index[class_name]):
+            raise ValueError(f"{where}: class index {parts[1]} does not match {class_name!r}, which is "
+                             f"{class_index[class_name]} in {UCF101_CLASS_INDEX}")
+        if filename in seen:
+            raise ValueError(f"{where}: {filename!r} already listed on line {seen[filename]}")
+        seen[filename] = line_no
+        entries.append((class_name, filename, line_no))
+    if not entries:
+        raise ValueError(f"split list is empty: {path}")
+    return entries
+
+
+def load_ucf101_splits(splits_dir) -> pd.DataFrame:
+    """UCF101's official lists as the split table (see :func:`utils.dataset.load_splits`).
+
+    A clip gets "train" or "test" in each split it is listed in, "unused" elsewhere. Errors
+    name the file and line: a class missing from ``classInd.txt``, a wrong class index, a clip
+    listed twice or in both lists of one split, or under two classes.
+    """
+    splits_dir = Path(splits_dir)
+    classes = read_class_index(splits_dir / UCF101_CLASS_INDEX)
+    class_index = {name: i + 1 for i, name in enumerate(classes)}
+    paths = {(kind, k): splits_dir / ucf101_list_name(kind, k) for k in SPLITS for kind in ("train", "test")}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{splits_dir}: UCF101 split list(s) missing: {', '.join(missing)} "
+                                "(all of trainlist0{1,2,3}.txt and testlist0{1,2,3}.txt are needed)")
+    rows: dict[str, dict] = {}           # video stem -> row
+    where: dict[tuple[str, int], str] = {}  # (stem, split) -> "file, line n"
+    for (kind, k), path in paths.items():
+        role = "train" if kind == "train" else "test"
+        for class_name, filename, line_no in read_ucf101_list(path, class_index):
+            stem = filename.rpartition(".")[0]
+            row = rows.setdefault(stem, {"class_name": class_name, "filename": filename, "video": stem,
+                                         **{f"split{s}": "unused" for s in SPLITS}})
+            if row["class_name"] != class_name:
+                raise ValueError(f"{path}, line {line_no}: clip {filename!r} is listed under class "
+                                 f"{class_name!r} here and under {row['class_name']!r} elsewhere")
+            if (stem, k) in where:
+                raise ValueError(f"{path}, line {line_no}: clip {filename!r} is already in split {k} "
+                                 f"({where[stem, k]}); a clip is either train or test")
+            where[stem, k] = f"{path.name}, line {line_no}"
+            row[f"split{k}"] = role
+    order = {name: i for i, name in enumerate(classes)}
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: (order[r["class_name"]], r["filename"])),
+                         columns=["class_name", "filename", "video", "split1", "split2", "split3"])
+    present = set(table["class_name"])
+    table.attrs["class_names"] = [c for c in classes if c in present]
+    return table
