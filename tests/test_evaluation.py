@@ -157,6 +157,16 @@ def test_average_and_weighted_fusion():
         ev.weighted_fusion(s, t, 1.5)
 
 
+def test_product_fusion_needs_both_streams():
+    # spatial: sure of the colour (classes 0/1), unsure which; temporal: sure of class 1 vs 2
+    s = make_scores(["v"], [1], [[0.5, 0.4, 0.1]], classes=("a", "b", "c"))
+    t = make_scores(["v"], [1], [[0.1, 0.45, 0.45]], classes=("a", "b", "c"))
+    assert ev.average_fusion(s, t).predicted[0] == 1
+    product = ev.product_fusion(s, t)
+    np.testing.assert_allclose(product.scores[0], np.array([0.05, 0.18, 0.045]) / 0.275, rtol=1e-5)
+    assert product.meta["fusion"] == "product"
+
+
 def test_fusion_refuses_misaligned_scores():
     s = make_scores(["v1", "v2"], [0, 1], [[0.8, 0.2], [0.6, 0.4]])
     with pytest.raises(ValueError, match="different order"):

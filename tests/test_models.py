@@ -189,3 +189,17 @@ def test_temporal_resnet50_cross_modality_init_and_step(backbone_file):
             np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(0).normal(0, 0.2, (4, SIZE, SIZE, 20)).astype("float32")
     _train_step(model, x, np.array([0, 1, 2, 0]))
+
+
+def test_batchnorm_demonstration_leaves_the_model_unchanged():
+    """Notebook 02's check of the two BatchNorm modes must not move the model's moving statistics."""
+    keras.utils.set_random_seed(0)
+    model = models.build_spatial_model(3, image_size=32, weights=None, dropout=0.0)
+    bn = models.get_backbone(model).get_layer("conv2_block1_1_bn")
+    before = [np.array(w) for w in model.get_weights()]
+    probe = np.random.default_rng(0).normal(3.0, 2.0, (8, 4, 4, bn.gamma.shape[0])).astype("float32")
+    assert models.batchnorm_modes_agree(bn, probe) == {False: True, True: False}
+    assert models.batchnorm_modes_agree(bn, probe) == {False: True, True: False}     # a re-run, the same
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert bn.trainable

@@ -18,14 +18,15 @@ DATA_DIR = REPO_ROOT / "data"
 MODELS_DIR = REPO_ROOT / "models"
 REPORT_DIR = REPO_ROOT / "report"
 
-BUILTIN_DATASETS = ("demo", "hmdb51")
+BUILTIN_DATASETS = ("demo", "hmdb51", "ucf101")
 
 
 def dataset_root(dataset: str | os.PathLike) -> Path:
-    """Folder of a dataset in the HMDB51 layout.
+    """Folder of a dataset: ``videos/<class>/<clip>`` and ``splits/`` (HMDB51's or UCF101's official
+    split files, or mmaction2 list files).
 
-    ``"demo"`` and ``"hmdb51"`` live in ``data/<name>/``; anything else is taken as a path
-    (relative paths from the current directory) to a folder holding ``videos/`` and ``splits/``.
+    ``"demo"``, ``"hmdb51"`` and ``"ucf101"`` live in ``data/<name>/``; anything else is taken as a
+    path (relative paths from the current directory).
     """
     if str(dataset) in BUILTIN_DATASETS:
         return DATA_DIR / str(dataset)
@@ -51,7 +52,7 @@ class Config:
     training functions; this object holds what several stages must agree on.
     """
 
-    dataset: str = "demo"          # "demo", "hmdb51", or a path to a folder in the HMDB51 layout
+    dataset: str = "demo"          # "demo", "hmdb51", "ucf101", or a path (HMDB51/UCF101 layout, mmaction2 lists)
     split: int = 1                 # official split 1, 2 or 3
     val_fraction: float = 0.15     # share of each class's training clips held out for validation
     flow_method: str = "tvl1"      # optical flow used at extraction: tvl1 | farneback | dis

@@ -53,7 +53,7 @@ import numpy as np
 
 from .config import Config, dataset_root
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MANIFEST_NAME = "demo_dataset.json"
 
 # --------------------------------------------------------------------------------------
@@ -72,8 +72,8 @@ DEMO_CLASSES = {
 """Class name -> its two factors, e.g. ``DEMO_CLASSES["red_up"] == {"appearance": "red", "motion": "up"}``."""
 
 DEFAULT_OPTIONS = dict(
-    frame_size=(64, 64),       # (width, height) in pixels
-    frames=(14, 18),           # clip length range in frames (inclusive); >= stack_length + 1
+    frame_size=(48, 48),       # (width, height) in pixels
+    frames=(12, 16),           # clip length range in frames (inclusive); >= stack_length + 1
     clips_per_class=15,        # sources; each holds one clip of every class
     test_per_split=4,          # test sources (so test clips per class) in each split (code 2)
     unused_per_split=1,        # sources left out of each split (code 0); the rest train (1)
@@ -82,28 +82,31 @@ DEFAULT_OPTIONS = dict(
 """Size options of :func:`make_demo_dataset` (all can be overridden by keyword)."""
 
 DEMO_SETTINGS = {
-    "image_size": 56,      # network input side = the evaluation centre crop of the 64x64 frames
-    "stack_length": 10,    # as in the paper; every demo clip has >= 14 frames, so >= 13 flows
+    "image_size": 42,      # temporal input side = the evaluation centre crop of the 48x48 frames
+    "spatial_image_size": 32,   # the spatial stream's input: the same crops, resized (ResNet-50's minimum)
+    "stack_length": 10,    # as in the paper; every demo clip has >= 12 frames, so >= 11 flows
     "flow_method": "tvl1",
     "crop_scales": (1.0, 0.875),   # training crops (generators' crop_scales): never miss the square
     "frame_size": DEFAULT_OPTIONS["frame_size"],
 }
 """Recommended settings for a demo run (``Config(dataset="demo", image_size=DEMO_SETTINGS["image_size"])``).
 
-``image_size=56``: evaluation (:mod:`utils.generators`) takes the centre crop of side
-0.875 x 64 = 56 pixels, so test
-inputs are used at their own resolution, and ResNet50 (stride 32) keeps a 2x2 final feature
-map. Frames are square on purpose: the square object (14-20 pixels) is always at least partly
-inside that centre crop, even while it wraps around an edge. ``crop_scales=(1.0, 0.875)``
-keeps that true for training crops too; with the default TSN scales, the 0.75 and 0.66 corner
-crops (48 and 42 pixels) miss the square entirely in about 3 % and 18 % of draws, i.e. noisy
-labels. Small frames keep TV-L1 extraction of the whole dataset around a minute and a half on
-two processes (about 2,000 frame pairs at ~90 ms each).
+``image_size=42``: evaluation (:mod:`utils.generators`) takes the centre crop of side
+0.875 x 48 = 42 pixels, so the temporal stream's test inputs are used at their own resolution.
+The spatial stream gets the same crops resized to 32 pixels (``spatial_image_size``: ResNet-50's
+smallest input, a 1x1 final feature map): colour needs no detail, and on a CPU a from-scratch
+ResNet-50 trains about 1.8x faster at 32 than at 56 pixels. Frames are square on purpose: the
+square object (11-15 pixels) is always at least partly inside that centre crop, even while it
+wraps around an edge. ``crop_scales=(1.0, 0.875)`` keeps that true for training crops too (the
+demo presets of :mod:`utils.training` use it); with the default TSN scales, the 0.75 and 0.66
+corner crops miss the square in a few to a fifth of the draws, i.e. noisy labels. Small frames
+keep TV-L1 extraction of the whole dataset around a minute on two processes (about 1,750 frame
+pairs at ~65 ms each).
 """
 
 # Nuisance ranges, as fractions of the frame's shorter side where they are lengths.
 _OBJECT_SIDE = (0.22, 0.32)          # side of the square
-_SPEED = (0.018, 0.040)              # per frame (1.2-2.6 px at 64 px)
+_SPEED = (0.018, 0.040)              # per frame (0.9-1.9 px at 48 px)
 _DIRECTION_JITTER = 15.0             # degrees around the class direction
 _CHROMA = (28.0, 38.0)               # saturation of the square (radius in the Cb-Cr plane)
 _HUE_JITTER = 10.0                   # degrees around the class hue
@@ -111,7 +114,7 @@ _LUMA_LIMITS = (55.0, 180.0)         # luma range of the square's pixels: its co
 _BACKGROUND_LUMA = (30.0, 215.0)     # luma range of the background (grey, so it never clips)
 _SQUARE_LUMA = (65.0, 170.0)         # range of the square's mean luma
 _CAMERA_MOTION_SHARE = 0.25          # share of clips with a slow camera drift ("cm")
-_CAMERA_SPEED = (0.004, 0.008)       # per frame (0.25-0.5 px at 64 px)
+_CAMERA_SPEED = (0.004, 0.008)       # per frame (0.2-0.4 px at 48 px)
 _JPEG_QUALITY = {"goo": 95, "med": 85, "bad": 75}   # MJPG quality by the file name's quality tag
 
 
@@ -122,6 +125,28 @@ def demo_class_factors(class_name: str) -> tuple[str, str]:
     except KeyError:
         raise KeyError(f"{class_name!r} is not a demo class; demo classes: {sorted(DEMO_CLASSES)}") from None
     return factors["appearance"], factors["motion"]
+
+
+def factor_accuracy(class_names, labels, predicted) -> dict[str, float]:
+    """Shares of videos whose predicted class has the right colour, the right motion, and both (= top-1)."""
+    factors = [demo_class_factors(name) for name in class_names]
+    truth = [factors[int(i)] for i in labels]
+    guess = [factors[int(i)] for i in predicted]
+    return {"colour": float(np.mean([g[0] == t[0] for g, t in zip(guess, truth)])),
+            "motion": float(np.mean([g[1] == t[1] for g, t in zip(guess, truth)])),
+            "both": float(np.mean([g == t for g, t in zip(guess, truth)]))}
+
+
+def factor_table(results: dict) -> "pd.DataFrame":
+    """Per network (``{name: evaluation.Scores}``): % of test videos with the colour right, the motion
+    right, and both (top-1). By design the spatial stream can only know the colour and the temporal
+    stream only the motion (chance for a factor: 33 %)."""
+    import pandas as pd
+
+    rows = {name: factor_accuracy(s.class_names, s.label, s.predicted) for name, s in results.items()}
+    table = pd.DataFrame(rows).T.rename(columns={"colour": "colour right (%)", "motion": "motion right (%)",
+                                                 "both": "both right = top-1 (%)"})
+    return (100 * table).round(1)
 
 
 # --------------------------------------------------------------------------------------
@@ -279,52 +304,57 @@ def _options(size_options: dict) -> dict:
 def plan_clips(seed: int = 0, **size_options) -> list[ClipSpec]:
     """Specs of all clips, class by class; deterministic for a seed (nothing is rendered).
 
-    There are ``clips_per_class`` sources ("movies"), and each holds one clip of every class,
-    all on the source's background: as in HMDB51, where one film gives clips of many actions,
-    the background says which film a clip comes from, never which action it shows.
+    There are ``clips_per_class`` sources ("films"), and each holds one clip of every class. As in
+    a film where one actor performs every action, the nine clips of a source share everything
+    but the two class factors: background, the square's texture, size, brightness, start and
+    speed, camera drift, length and JPEG quality. The three motions of one colour differ only in
+    direction; the three colours of one motion only in hue and saturation, so in grayscale (where
+    optical flow is computed) they are the same clip. A stream can therefore learn nothing about
+    the factor it cannot see, not even by memorising training clips: its best answer there is
+    "each equally likely", which is what averaging the two streams' scores needs.
     """
     options = _options(size_options)
     width, height = options["frame_size"]
     short = min(width, height)
     margin = int(np.ceil(_CAMERA_SPEED[1] * short * options["frames"][1])) + 2
-    sources = []
-    for number in range(options["clips_per_class"]):
-        rng = np.random.default_rng([seed, 1, number])
-        sources.append((f"demosrc{number:02d}", int(rng.integers(2**31)), float(rng.uniform(85, 150))))
     specs: list[ClipSpec] = []
-    for class_index, (class_name, factors) in enumerate(DEMO_CLASSES.items()):
-        for number, (source, background_seed, background_luma) in enumerate(sources):
-            rng = np.random.default_rng([seed, 1, number, class_index])
-            direction = float(rng.choice(MOTIONS[factors["motion"]]))
-            direction += rng.uniform(-_DIRECTION_JITTER, _DIRECTION_JITTER)
-            speed = rng.uniform(*_SPEED) * short
-            angle = np.deg2rad(direction)
-            # The square is brighter or darker than the background, by 25-50 grey levels.
-            contrast = rng.uniform(25, 50) * rng.choice([-1.0, 1.0])
-            if not _SQUARE_LUMA[0] <= background_luma + contrast <= _SQUARE_LUMA[1]:
-                contrast = -contrast
-            camera = rng.random() < _CAMERA_MOTION_SHARE
-            camera_angle = np.deg2rad(rng.uniform(0, 360))
-            camera_speed = rng.uniform(*_CAMERA_SPEED) * short if camera else 0.0
-            quality = str(rng.choice(list(_JPEG_QUALITY)))
-            meta = (str(rng.choice(["f", "u", "l", "h"])), "cm" if camera else "nm", "np1",
-                    str(rng.choice(["fr", "ba", "le", "ri"])), quality)
+    for number in range(options["clips_per_class"]):
+        source = f"demosrc{number:02d}"
+        rng = np.random.default_rng([seed, 1, number])
+        background_seed, background_luma = int(rng.integers(2**31)), float(rng.uniform(85, 150))
+        # The square is brighter or darker than the background, by 25-50 grey levels.
+        contrast = rng.uniform(25, 50) * rng.choice([-1.0, 1.0])
+        if not _SQUARE_LUMA[0] <= background_luma + contrast <= _SQUARE_LUMA[1]:
+            contrast = -contrast
+        camera = rng.random() < _CAMERA_MOTION_SHARE
+        camera_angle = np.deg2rad(rng.uniform(0, 360))
+        camera_speed = rng.uniform(*_CAMERA_SPEED) * short if camera else 0.0
+        quality = str(rng.choice(list(_JPEG_QUALITY)))
+        actor = dict(
+            source=source, clip=0, width=width, height=height,
+            n_frames=int(rng.integers(options["frames"][0], options["frames"][1] + 1)),
+            side=int(round(rng.uniform(*_OBJECT_SIDE) * short)),
+            luma_mean=background_luma + contrast, luma_std=float(rng.uniform(14, 26)),
+            start=(float(rng.uniform(0, width)), float(rng.uniform(0, height))),
+            camera_velocity=(camera_speed * np.cos(camera_angle), camera_speed * np.sin(camera_angle)),
+            jpeg_quality=_JPEG_QUALITY[quality], texture_seed=int(rng.integers(2**31)),
+            background_seed=background_seed, background_luma=background_luma, background_margin=margin,
+            meta=(str(rng.choice(["f", "u", "l", "h"])), "cm" if camera else "nm", "np1",
+                  str(rng.choice(["fr", "ba", "le", "ri"])), quality),
+        )
+        speed = rng.uniform(*_SPEED) * short
+        directions = {motion: float(rng.choice(angles)) + rng.uniform(-_DIRECTION_JITTER, _DIRECTION_JITTER)
+                      for motion, angles in MOTIONS.items()}
+        for class_index, (class_name, factors) in enumerate(DEMO_CLASSES.items()):
+            clip_rng = np.random.default_rng([seed, 1, number, class_index])
+            angle = np.deg2rad(directions[factors["motion"]])
             specs.append(ClipSpec(
-                class_name=class_name, source=source, clip=0,
-                n_frames=int(rng.integers(options["frames"][0], options["frames"][1] + 1)),
-                width=width, height=height,
-                hue=APPEARANCES[factors["appearance"]] + rng.uniform(-_HUE_JITTER, _HUE_JITTER),
-                chroma=rng.uniform(*_CHROMA),
-                side=int(round(rng.uniform(*_OBJECT_SIDE) * short)),
-                luma_mean=background_luma + contrast, luma_std=rng.uniform(14, 26),
-                start=(rng.uniform(0, width), rng.uniform(0, height)),
+                class_name=class_name, **actor,
+                hue=APPEARANCES[factors["appearance"]] + clip_rng.uniform(-_HUE_JITTER, _HUE_JITTER),
+                chroma=clip_rng.uniform(*_CHROMA),
                 velocity=(speed * np.cos(angle), speed * np.sin(angle)),
-                camera_velocity=(camera_speed * np.cos(camera_angle), camera_speed * np.sin(camera_angle)),
-                jpeg_quality=_JPEG_QUALITY[quality],
-                texture_seed=int(rng.integers(2**31)), background_seed=background_seed,
-                background_luma=background_luma, background_margin=margin,
-                meta=meta,
             ))
+    specs.sort(key=lambda spec: (list(DEMO_CLASSES).index(spec.class_name), spec.source))
     return specs
 
 

@@ -42,6 +42,21 @@ STREAMS = ("spatial", "temporal")
 PROTOCOLS = ("one_frame", "whole_video")
 SUBSETS = ("test", "val")
 FUSION_WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # candidate w, steps of 0.05
+# The whole-video protocol per dataset: the paper's 25 equally spaced frames / stacks per clip, each
+# as 10 crops (Simonyan & Zisserman 2014, sec. 6); the demo (a CPU) takes the centre crop only
+# (its clips are shorter than 25 frames, so "25" means every frame there).
+WHOLE_VIDEO_DEFAULTS = {"demo": dict(segments=25, crops=1), "hmdb51": dict(segments=25, crops=10)}
+
+
+def whole_video_settings(dataset_name: str, **given) -> dict:
+    """``{"segments", "crops"}`` of the whole-video protocol for a dataset, overridden by non-None ``given``."""
+    settings = dict(WHOLE_VIDEO_DEFAULTS["demo" if dataset_name == "demo" else "hmdb51"])
+    unknown = sorted(set(given) - set(settings))
+    if unknown:
+        raise KeyError(f"unknown whole-video setting(s) {unknown}; known: {sorted(settings)}")
+    settings.update({k: v for k, v in given.items() if v is not None})
+    settings["segments"] = settings["segments"] or None     # 0: every frame / stack
+    return settings
 
 
 # ----------------------------------------------------------------------------------------
@@ -262,6 +277,18 @@ def average_fusion(spatial: Scores, temporal: Scores) -> Scores:
     fused = weighted_fusion(spatial, temporal, 0.5)
     fused.meta["fusion"] = "average"
     return fused
+
+
+def product_fusion(spatial: Scores, temporal: Scores) -> Scores:
+    """The normalised product of the two streams' probabilities (the sum of log-probabilities),
+    for comparison with the paper's average: it needs both streams to agree, so a stream's
+    preference among classes it cannot tell apart counts for less."""
+    check_aligned(spatial, temporal)
+    log_sum = np.log(np.clip(spatial.scores, 1e-12, None)) + np.log(np.clip(temporal.scores, 1e-12, None))
+    fused = np.exp(log_sum - log_sum.max(axis=1, keepdims=True))
+    meta = {"fusion": "product", "spatial": spatial.meta.get("checkpoint"), "temporal": temporal.meta.get("checkpoint")}
+    return Scores(spatial.video, spatial.label, fused / fused.sum(axis=1, keepdims=True), spatial.class_names,
+                  spatial.n_inputs + temporal.n_inputs, meta)
 
 
 def choose_fusion_weight(spatial_val: Scores, temporal_val: Scores,
@@ -563,12 +590,9 @@ def _input_geometry(model, stream: str, image_size: int, stack_length: int) -> t
 
 def extraction_settings(cfg: Config) -> dict | None:
     """The extraction's settings (flow method, frame size, ...) from ``rawframes/extraction_settings.json``."""
-    path = Path(cfg.frames_dir) / "extraction_settings.json"
-    try:
-        settings = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return settings if isinstance(settings, dict) else None
+    from utils.extract import read_extraction_settings
+
+    return read_extraction_settings(cfg.frames_dir)
 
 
 def extraction_method(cfg: Config) -> str | None:

@@ -92,6 +92,15 @@ def _check_settings(out_dir: Path, settings: ExtractionSettings) -> None:
     _write_atomically(path, json.dumps(wanted, indent=2) + "\n")
 
 
+def read_extraction_settings(out_dir: str | Path) -> dict | None:
+    """The settings a rawframes folder was extracted with (its ``extraction_settings.json``), or None."""
+    try:
+        settings = json.loads((Path(out_dir) / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
     tmp.write_text(text)

@@ -228,6 +228,25 @@ def unfreeze_backbone(model, from_stage: str = "conv1", train_batchnorm: bool = 
     return model
 
 
+def batchnorm_modes_agree(layer, probe: np.ndarray) -> dict[bool, bool]:
+    """``{trainable: output in training mode == output in inference mode}`` of a BatchNormalization layer.
+
+    Shows that a frozen BN layer (``trainable=False``) always normalises with its moving statistics.
+    It runs on a *copy* of ``layer``: calling a trainable BN layer in training mode updates its
+    moving mean and variance, which must not happen to a model that is about to be trained.
+    """
+    copy = type(layer).from_config(layer.get_config())
+    copy.build(probe.shape)
+    copy.set_weights(layer.get_weights())
+    agree = {}
+    for trainable in (False, True):
+        copy.trainable = trainable
+        training_mode = keras.ops.convert_to_numpy(copy(probe, training=True))
+        inference_mode = keras.ops.convert_to_numpy(copy(probe, training=False))
+        agree[trainable] = bool(np.allclose(training_mode, inference_mode, atol=1e-5))
+    return agree
+
+
 def trainable_summary(model) -> dict[str, int]:
     """Counts of trainable / frozen parameters and of BN layers in training mode, for a quick check."""
     count = lambda variables: int(sum(np.prod(v.shape) for v in variables))

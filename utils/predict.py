@@ -251,6 +251,7 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
             started = time.perf_counter()
             probs, n_inputs = ev.score_videos(model, rows, stream, "whole_video", n_classes=len(classes),
                                               image_size=image_size, stack_length=stack_length,
+                                              **ev.whole_video_settings(str(info.get("dataset"))),
                                               batch_size=batch_size, progress=progress)
             seconds[stream] = time.perf_counter() - started
             scores[stream] = ev.Scores([video.stem], [-1], probs, classes, n_inputs,

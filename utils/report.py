@@ -225,8 +225,46 @@ def fusion_weight_figure(search: pd.DataFrame, chosen: float, title: str = "") -
     return fig
 
 
-def protocol_figure(n_frames: int, stack_length: int = 10, stride: int = 1) -> Figure:
-    """Which frames and flow stacks each protocol feeds the two streams, for a clip of ``n_frames``."""
+def factor_grid_figure(results: dict[str, Scores], video: int = 0, title: str = "") -> Figure:
+    """For one video of the demo: each network's class probabilities laid out as colour x motion.
+
+    The spatial stream can only put its mass on a row (the colour), the temporal stream only on a
+    column (the motion); their average peaks where the row and the column cross.
+    """
+    from utils.demo_data import APPEARANCES, MOTIONS, demo_class_factors
+
+    colours, motions = list(APPEARANCES), list(MOTIONS)
+    fig = Figure(figsize=(3.3 * len(results) + 0.8, 3.4))
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    first = next(iter(results.values()))
+    true_colour, true_motion = demo_class_factors(first.class_names[int(first.label[video])])
+    for ax, (name, scores) in zip(axes, results.items()):
+        grid = np.zeros((len(colours), len(motions)))
+        for k, class_name in enumerate(scores.class_names):
+            colour, motion = demo_class_factors(class_name)
+            grid[colours.index(colour), motions.index(motion)] = scores.scores[video, k]
+        image = ax.imshow(grid, cmap="Greens", vmin=0, vmax=max(0.5, float(grid.max())))
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                    color="white" if value > 0.6 * max(0.5, grid.max()) else "black")
+        ax.add_patch(_cell_frame(motions.index(true_motion), colours.index(true_colour)))
+        ax.set_xticks(range(len(motions)), motions)
+        ax.set_yticks(range(len(colours)), colours)
+        ax.set_title(name, fontsize=10)
+    fig.colorbar(image, ax=list(axes), fraction=0.03, label="probability")
+    fig.suptitle(title or f"{first.video[video]}: true class {true_colour}_{true_motion} (red frame)", fontsize=10)
+    return fig
+
+
+def _cell_frame(column: int, row: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
+
+
+def protocol_figure(n_frames: int, stack_length: int = 10, stride: int = 1, segments: int | None = None) -> Figure:
+    """Which frames and flow stacks each protocol feeds the two streams, for a clip of ``n_frames``
+    (the whole video: ``segments`` equally spaced ones, or every ``stride``-th one)."""
     from utils.evaluation import input_positions
 
     n_flows = n_frames - 1
@@ -236,7 +274,7 @@ def protocol_figure(n_frames: int, stack_length: int = 10, stride: int = 1) -> F
     ax = fig.add_subplot()
     for y, (name, stream, protocol) in enumerate(reversed(rows)):
         y = 1.5 * y
-        positions = input_positions(stream, protocol, n_frames, n_flows, stack_length, stride)
+        positions = input_positions(stream, protocol, n_frames, n_flows, stack_length, stride, segments)
         if stream == "spatial":
             ax.scatter(positions, [y] * len(positions), marker="s", s=18, color="C0")
         else:
@@ -246,8 +284,9 @@ def protocol_figure(n_frames: int, stack_length: int = 10, stride: int = 1) -> F
     ax.set_yticks(1.5 * np.arange(len(rows)), [r[0] for r in reversed(rows)])
     ax.set_xlim(0.5, n_frames + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    whole = f"{segments} equally spaced" if segments else f"stride {stride}"
     ax.set_xlabel(f"frame / flow index (clip of {n_frames} frames, {n_flows} flows; "
-                  f"stacks of L = {stack_length}, stride {stride})")
+                  f"stacks of L = {stack_length}; whole video: {whole})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
