@@ -191,11 +191,44 @@ def test_killed_run_resumes_to_identical_output(synthetic_videos, tmp_path):
 
 
 def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a process of group ``pgid`` still runs; zombies (dead, not yet reaped) do not count."""
+    return bool(_live_group_members(pgid))
+
+
+def _live_group_members(pgid):
+    """PIDs in process group ``pgid`` that are not zombies, from /proc/<pid>/stat (Linux)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:                      # exited while we looked
+            continue
+        fields = stat.rsplit(")", 1)[1].split()   # after "pid (comm)": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def test_a_worker_whose_parent_already_died_exits():
+    """A worker started just before its parent died missed PR_SET_PDEATHSIG: it must exit by itself."""
+    code = "import sys; from utils.extract import _init_worker; _init_worker(1, int(sys.argv[1])); print('ran')"
+    orphan = subprocess.run([sys.executable, "-c", code, "999999999"], cwd=ROOT, capture_output=True, text=True)
+    assert (orphan.returncode, orphan.stdout) == (1, "")
+    adopted = subprocess.run([sys.executable, "-c", code, str(os.getpid())], cwd=ROOT, capture_output=True, text=True)
+    assert (adopted.returncode, adopted.stdout) == (0, "ran\n"), adopted.stderr
+
+
+def exited_unreaped_child():
+    """A child process that has exited but is not reaped yet (a zombie); call ``.wait()`` to reap it."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while _live_group_members(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Path(f"/proc/{child.pid}").exists(), "the zombie must still be there (not reaped yet)"
+    os.killpg(child.pid, 0)          # kill(pid, 0) still succeeds: it must not count as alive
+    return child
 
 
 def test_unreadable_videos_are_recorded_and_the_run_goes_on(tmp_path):
@@ -252,11 +285,17 @@ def test_dataset_option_and_resize(tmp_path):
 
 def test_stale_temporary_folders_are_removed(tmp_path):
     write_video(tmp_path / "videos" / "c" / "v.avi", 3)
-    stale = tmp_path / "out" / "c" / ".tmp-v-999999999"
-    stale.mkdir(parents=True)
-    (stale / "img_00001.jpg").write_bytes(b"partial")
-    summary = extract_dataset(tmp_path / "videos", tmp_path / "out", "dis-fast", workers=1, progress=False)
-    assert summary.done == 1 and not stale.exists()
+    zombie = exited_unreaped_child()     # a killed worker that PID 1 has not reaped yet
+    stale = [tmp_path / "out" / "c" / ".tmp-v-999999999", tmp_path / "out" / "c" / f".tmp-w-{zombie.pid}"]
+    for folder in stale:
+        folder.mkdir(parents=True)
+        (folder / "img_00001.jpg").write_bytes(b"partial")
+    try:
+        assert not _group_alive(zombie.pid)
+        summary = extract_dataset(tmp_path / "videos", tmp_path / "out", "dis-fast", workers=1, progress=False)
+    finally:
+        zombie.wait()
+    assert summary.done == 1 and not [folder for folder in stale if folder.exists()]
     assert_complete(tmp_path / "out" / "c" / "v", n_frames=3)
 
 

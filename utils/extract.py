@@ -250,7 +250,7 @@ class _Result:
 _worker_flow_fns: dict = {}
 
 
-def _init_worker(opencv_threads: int) -> None:
+def _init_worker(opencv_threads: int, parent_pid: int) -> None:
     """Run in each worker process: one OpenCV thread each; die with the parent (Linux)."""
     cv2.setNumThreads(opencv_threads)
     if sys.platform.startswith("linux"):
@@ -258,6 +258,8 @@ def _init_worker(opencv_threads: int) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
         except OSError:
             pass
+    if os.getppid() != parent_pid:   # the parent died before prctl took effect: nobody would kill us
+        os._exit(1)
 
 
 def _method_key(settings: ExtractionSettings) -> tuple[str, str]:
@@ -294,7 +296,8 @@ def _clean_stale_tmp(out_dir: Path) -> int:
 
 
 def _pid_alive(pid_text: str) -> bool:
-    if not pid_text.isdigit():
+    """Whether process ``pid_text`` (another one than this) runs; a zombie (dead, not reaped yet) does not."""
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False
     try:
         os.kill(int(pid_text), 0)
@@ -302,7 +305,11 @@ def _pid_alive(pid_text: str) -> bool:
         return False
     except PermissionError:
         return True
-    return int(pid_text) != os.getpid()
+    try:   # Linux: state is the field after "pid (comm)"; Z/X = exited (kill(pid, 0) still succeeds)
+        state = Path(f"/proc/{pid_text}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 # --- a whole dataset ---------------------------------------------------------------------------
@@ -444,7 +451,8 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, opencv_threads: int) -> Iterat
         return
     context = multiprocessing.get_context("spawn")    # safe with threads, CUDA and notebooks
     pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                                                  initializer=_init_worker, initargs=(opencv_threads,))
+                                                  initializer=_init_worker,
+                                                  initargs=(opencv_threads, os.getpid()))
     try:
         futures = [pool.submit(_run_job, job) for job in jobs]
         for future in concurrent.futures.as_completed(futures):
