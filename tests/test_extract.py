@@ -355,12 +355,16 @@ def test_truncated_and_damaged_videos_are_extracted_with_a_warning_naming_them(t
     for i in range(len(damaged) // 3, len(damaged) // 3 + 20_000, 97):
         damaged[i] ^= 0xFF
     (videos / "climb" / "damaged.avi").write_bytes(bytes(damaged))
+    mp4 = write_video(tmp_path / "whole.mp4", 10, fourcc="mp4v").read_bytes()
+    (videos / "climb" / "cut.mp4").write_bytes(mp4[:len(mp4) // 2])           # its index (moov) is at the end
     announced = int(cv2.VideoCapture(str(videos / "golf" / "half.avi")).get(cv2.CAP_PROP_FRAME_COUNT))
     decoded = own_decode_count(videos / "golf" / "half.avi")
     assert announced > decoded + 2
 
     summary = extract_dataset(videos, tmp_path / "out", "dis-ultrafast", workers=1, progress=False)
-    assert (summary.done, summary.failed) == (3, 0)                  # extracted all the same
+    assert (summary.done, summary.failed) == (3, 1)                  # extracted all the same, but cut.mp4
+    (video, reason), = summary.failures
+    assert Path(video).name == "cut.mp4" and "OpenCV cannot open it" in reason and "(FFmpeg: '[mov," in reason
     assert_complete(tmp_path / "out" / "golf" / "half", n_frames=decoded)
 
     def warnings_file():
@@ -374,7 +378,7 @@ def test_truncated_and_damaged_videos_are_extracted_with_a_warning_naming_them(t
     assert "2 video(s) with warnings" in str(summary)
 
     again = extract_dataset(videos, tmp_path / "out", "dis-ultrafast", workers=1, progress=False)
-    assert again.skipped == 3 and warnings_file() == rows                       # kept while the folders are
+    assert again.skipped == 3 and warnings_file() == rows                      # kept while the folders are
     shutil.rmtree(tmp_path / "out" / "golf" / "half")
     (videos / "golf" / "half.avi").write_bytes(golf)                             # downloaded again, whole
     extract_dataset(videos, tmp_path / "out", "dis-ultrafast", workers=1, progress=False)

@@ -541,7 +541,7 @@ def _excluded_message(excluded: pd.DataFrame, class_sizes: pd.Series, stack_leng
     single = excluded[~excluded["class_name"].isin(whole)]
     lines += [f"  {r.class_name}/{r.video}: {r.reason}" for r in single.head(max_listed).itertuples()]
     if len(single) > max_listed:
-        lines.append(f"  ... and {len(single) - max_listed} more (see the `excluded` table)")
+        lines.append(f"  ... and {len(single) - max_listed} more (all are in the `.excluded` table)")
     return "\n".join(lines)
 
 

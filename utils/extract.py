@@ -60,7 +60,7 @@ WARNINGS_FILE = "extraction_warnings.csv"
 SETTINGS_FILE = "extraction_settings.json"
 TMP_PREFIX = ".tmp-"
 MISSING_FRAMES_TOLERANCE = 2   # HMDB51's AVI headers count one frame more than decodes
-_FFMPEG_LINE = re.compile(r"^\[[\w:.-]+ @ (0x)?[0-9a-fA-F]+\] ")   # FFmpeg's "[mpeg4 @ 0x55d0...] message"
+_FFMPEG_LINE = re.compile(r"^\[[^\]@]+ @ (0x)?[0-9a-fA-F]+\] ")   # FFmpeg's "[mpeg4 @ 0x55d0...] message"
 
 
 class VideoReadError(Exception):
@@ -199,6 +199,9 @@ def missing_frames_warning(decoded: int, announced: int, max_frames: int | None 
             "to get the whole clip)")
 
 
+_capture_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _decoder_messages(messages: list[str]):
     """Collect FFmpeg's messages while one video is extracted: FFmpeg writes them to file descriptor 2
@@ -209,27 +212,27 @@ def _decoder_messages(messages: list[str]):
         yield
         return
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):    # no usable file descriptor 2: nothing to capture
+            yield
+            return
         with tempfile.TemporaryFile() as capture:
             os.dup2(capture.fileno(), 2)
             try:
                 yield
-            finally:
+            finally:   # also when the video failed: its messages explain why
                 os.dup2(saved, 2)
                 os.close(saved)
                 capture.seek(0)
-                text = capture.read().decode("utf-8", "replace")
-        for line in text.splitlines():
-            if _FFMPEG_LINE.match(line):
-                messages.append(line)
-            elif line.strip():
-                print(line, file=sys.stderr)
+                for line in capture.read().decode("utf-8", "replace").splitlines():
+                    if _FFMPEG_LINE.match(line):
+                        messages.append(line)
+                    elif line.strip():
+                        print(line, file=sys.stderr)
     finally:
         _capture_lock.release()
-
-
-_capture_lock = threading.Lock()
 
 
 def count_decodable_frames(video_path: str | Path) -> int:
@@ -376,7 +379,8 @@ def _run_job(job: _Job) -> _Result:
     except VideoReadError as error:
         return _Result(job.video_path, error=str(error) + (f" (FFmpeg: {messages[0]!r})" if messages else ""))
     except Exception as error:  # noqa: BLE001 - one bad video must not stop a dataset run
-        return _Result(job.video_path, error=f"{type(error).__name__}: {error}", details=traceback.format_exc())
+        return _Result(job.video_path, error=f"{type(error).__name__}: {str(error).strip()}",
+                       details=traceback.format_exc())
 
 
 def _clean_stale_tmp(out_dir: Path) -> int:
@@ -584,7 +588,7 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, opencv_threads: int) -> Iterat
 
 
 def _write_failures(path: Path, failures: list[tuple[str, str]], header=("video", "reason")) -> None:
-    """A CSV of (video, text) rows, atomically; names that are not UTF-8 are written with \\x escapes."""
+    """A CSV of (video, text) rows, atomically; names that are not UTF-8 get backslash escapes (``\\udce9``)."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
     try:
         with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as file:
