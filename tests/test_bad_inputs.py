@@ -29,6 +29,7 @@ def test_text_file_given_as_weights_is_named(tmp_path):
         models.build_spatial_model(3, image_size=32, weights=fake)
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")   # Keras, about the mismatch itself
 def test_weights_of_another_model_are_named(tmp_path):
     saved = tmp_path / "l2.weights.h5"
     models.build_temporal_model(3, image_size=32, stack_length=2, width=0.125).save_weights(saved)
@@ -94,6 +95,7 @@ def test_checkpoint_of_the_other_stream_is_named(tiny):
     assert ev.load_stream_model(cfg.stream_dir("spatial") / "best.keras", "temporal").input_shape == (None, 8, 8, 10)
 
 
+@pytest.mark.filterwarnings("ignore:'test' videos")   # the clips too short for the config's L
 def test_checkpoint_that_is_not_a_keras_file_is_named(tiny):
     cfg, index = tiny
     checkpoint = cfg.stream_dir("temporal") / "best.keras"
