@@ -70,11 +70,12 @@ def tiny(tmp_path, monkeypatch):
     return Config(dataset=str(root), image_size=8), pd.DataFrame(rows)
 
 
-def test_short_clips_are_left_out_by_the_models_stack_length_and_counted(tiny):
+def test_short_clips_are_left_out_by_name_and_counted(tiny):
     cfg, index = tiny
+    cfg = cfg.override(stack_length=5)
     with pytest.warns(UserWarning, match=r"wave/wave_short: too short: 4 frames, 3 flows; a stack of L = 5"):
         result = ev.evaluate_stream(cfg, "temporal", "one_frame", model=tiny_model(10), index=index, progress=False)
-    assert list(result.video) == ["clap_a", "wave_a"]            # 7 flows: enough for the model's L = 5
+    assert list(result.video) == ["clap_a", "wave_a"]            # 7 flows: enough for L = 5
     saved = ev.load_scores(ev.scores_path(cfg, "temporal", "one_frame"))
     assert saved.meta["stack_length"] == 5 and saved.meta["n_missing"] == 1
     assert saved.meta["excluded"] == {"wave/wave_short": "too short: 4 frames, 3 flows; a stack of L = 5 "
