@@ -339,3 +339,95 @@ def test_clip_lengths_and_read_frame(tmp_path):
     frame = dataset.read_frame(path)
     assert frame.shape == (24, 32, 3) and frame.dtype == np.uint8
     assert dataset.read_frame(tmp_path / "missing.avi") is None
+
+
+# ---------------------------------------------------------------- split files from other systems (issue 12)
+def test_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    classes = tiny_classes()
+    write_split_files(tmp_path / "splits", classes)
+    path = tmp_path / "splits" / "wave_test_split2.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))   # a Windows editor's save
+    table = dataset.load_splits(tmp_path / "splits")
+    assert table["filename"].tolist().count(classes["wave"][0][0]) == 1
+    assert dataset.parse_split_file(path) == [(name, code) for name, code in classes["wave"]]
+
+
+def test_byte_that_is_not_utf8_names_file_and_line(tmp_path):
+    write_split_files(tmp_path / "splits", tiny_classes())
+    path = tmp_path / "splits" / "wave_test_split1.txt"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[3] = b"caf\xe9_" + lines[3]                       # Latin-1 e-acute
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(ValueError, match=r"wave_test_split1\.txt, line 4: byte 0xe9 is not UTF-8"):
+        dataset.load_splits(tmp_path / "splits")
+
+
+def test_official_archive_sub_folder_is_found(tmp_path):
+    """The official test_train_splits.rar unpacks to testTrainMulti_7030_splits/ inside splits/."""
+    root = tmp_path / "ds"
+    shutil.copytree(SPLITS_FIXTURE, root / "splits" / "testTrainMulti_7030_splits")
+    index = quiet_index(Config(dataset=str(root)))
+    assert len(index) == 6766 and dataset.class_names(root / "splits") == list(dataset.HMDB51_CLASSES)
+    write_split_files(root / "splits" / "copy", tiny_classes())
+    with pytest.raises(FileNotFoundError, match=r"sets in 2 sub-folders \(copy, testTrainMulti_7030_splits\)"):
+        dataset.load_splits(root / "splits")
+
+
+# ---------------------------------------------------------------- which videos a stream can use (issue 12)
+@pytest.fixture
+def partly_extracted(tmp_path):
+    """Small dataset: class wave extracted (one clip too short, one failed, one not yet), brush_hair missing."""
+    root = tmp_path / "small"
+    classes = tiny_classes()
+    write_split_files(root / "splits", classes)
+    (root / "videos" / "wave").mkdir(parents=True)
+    lengths = {0: 12, 1: 12, 2: 6, 3: 12, 5: 12, 6: 12}     # clip 4: extraction failed; clip 7: not yet
+    for i, (name, _) in enumerate(classes["wave"]):
+        (root / "videos" / "wave" / name).write_bytes(b"x")
+        if i in lengths:
+            frames = root / "rawframes" / "wave" / Path(name).stem
+            frames.mkdir(parents=True)
+            for t in range(1, lengths[i] + 1):
+                (frames / f"img_{t:05d}.jpg").write_bytes(b"")
+                if t < lengths[i]:
+                    (frames / f"flow_x_{t:05d}.jpg").write_bytes(b"")
+                    (frames / f"flow_y_{t:05d}.jpg").write_bytes(b"")
+    failed = root / "videos" / "wave" / classes["wave"][4][0]
+    (root / "rawframes" / "extraction_failures.csv").write_text(f"video,reason\n{failed},no decodable frames\n")
+    with pytest.warns(UserWarning, match="8 of 16 videos"):
+        index = dataset.build_index(Config(dataset=str(root)))
+    return root, classes, index
+
+
+def test_usable_videos_name_every_video_left_out_and_why(partly_extracted):
+    root, classes, index = partly_extracted
+    wave = [Path(name).stem for name, _ in classes["wave"]]
+    with pytest.raises(FileNotFoundError, match=rf"(?s)wave/{wave[7]}: not extracted yet.*run the extraction"):
+        dataset.usable_videos(index, 10)
+
+    usable = dataset.usable_videos(index, 10, allow_not_extracted=True)
+    assert sorted(usable.rows["video"]) == sorted(wave[i] for i in (0, 1, 3, 5, 6))
+    reasons = dict(zip(usable.excluded["video"], usable.excluded["reason"]))
+    assert reasons[wave[2]] == "too short: 6 frames, 5 flows; a stack of L = 10 flows needs 11 frames"
+    assert reasons[wave[4]] == "extraction failed: no decodable frames"
+    assert reasons[wave[7]] == "not extracted yet"
+    assert all(reasons[Path(n).stem].startswith("video file not found in") for n, _ in classes["brush_hair"])
+    message = usable.message
+    assert message.startswith("11 of 16 videos left out (10 unusable, 1 not extracted):")
+    assert "class brush_hair: all 8 videos, video file not found in" in message       # a missing class: one line
+    assert f"wave/{wave[2]}: too short" in message and f"wave/{wave[4]}: extraction failed" in message
+
+    assert len(dataset.usable_videos(index, 5, allow_not_extracted=True).rows) == 6   # the model's L decides
+    spatial = dataset.usable_videos(index[index.subset.isin(["train", "val"])], None, allow_not_extracted=True)
+    assert wave[2] in set(spatial.rows["video"])                                     # one frame is enough
+    complete = dataset.usable_videos(index[index.video.isin(wave[:2])], 10)
+    assert complete.excluded.empty and complete.message == "all 2 videos are extracted and usable (at least L + 1 = 11 frames)"
+
+
+@pytest.mark.filterwarnings("ignore:8 of 16 videos")
+def test_class_folder_without_split_files_is_named_by_the_index(partly_extracted):
+    root, _, _ = partly_extracted
+    (root / "videos" / "jump").mkdir()
+    (root / "videos" / "jump" / "j1.avi").write_bytes(b"x")
+    with pytest.warns(UserWarning, match=r"1 folder\(s\) of .* have no split files .*: jump/ \(1 files\)"):
+        dataset.build_index(Config(dataset=str(root)))

@@ -1,6 +1,10 @@
 """utils.extract: frames + flow of real HMDB51 clips, resume after a kill, failures, the CLI."""
+import contextlib
 import csv
+import errno
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,11 +195,44 @@ def test_killed_run_resumes_to_identical_output(synthetic_videos, tmp_path):
 
 
 def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a process of group ``pgid`` still runs; zombies (dead, not yet reaped) do not count."""
+    return bool(_live_group_members(pgid))
+
+
+def _live_group_members(pgid):
+    """PIDs in process group ``pgid`` that are not zombies, from /proc/<pid>/stat (Linux)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:                      # exited while we looked
+            continue
+        fields = stat.rsplit(")", 1)[1].split()   # after "pid (comm)": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def test_a_worker_whose_parent_already_died_exits():
+    """A worker started just before its parent died missed PR_SET_PDEATHSIG: it must exit by itself."""
+    code = "import sys; from utils.extract import _init_worker; _init_worker(1, int(sys.argv[1])); print('ran')"
+    orphan = subprocess.run([sys.executable, "-c", code, "999999999"], cwd=ROOT, capture_output=True, text=True)
+    assert (orphan.returncode, orphan.stdout) == (1, "")
+    adopted = subprocess.run([sys.executable, "-c", code, str(os.getpid())], cwd=ROOT, capture_output=True, text=True)
+    assert (adopted.returncode, adopted.stdout) == (0, "ran\n"), adopted.stderr
+
+
+def exited_unreaped_child():
+    """A child process that has exited but is not reaped yet (a zombie); call ``.wait()`` to reap it."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while _live_group_members(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Path(f"/proc/{child.pid}").exists(), "the zombie must still be there (not reaped yet)"
+    os.killpg(child.pid, 0)          # kill(pid, 0) still succeeds: it must not count as alive
+    return child
 
 
 def test_unreadable_videos_are_recorded_and_the_run_goes_on(tmp_path):
@@ -252,11 +289,17 @@ def test_dataset_option_and_resize(tmp_path):
 
 def test_stale_temporary_folders_are_removed(tmp_path):
     write_video(tmp_path / "videos" / "c" / "v.avi", 3)
-    stale = tmp_path / "out" / "c" / ".tmp-v-999999999"
-    stale.mkdir(parents=True)
-    (stale / "img_00001.jpg").write_bytes(b"partial")
-    summary = extract_dataset(tmp_path / "videos", tmp_path / "out", "dis-fast", workers=1, progress=False)
-    assert summary.done == 1 and not stale.exists()
+    zombie = exited_unreaped_child()     # a killed worker that PID 1 has not reaped yet
+    stale = [tmp_path / "out" / "c" / ".tmp-v-999999999", tmp_path / "out" / "c" / f".tmp-w-{zombie.pid}"]
+    for folder in stale:
+        folder.mkdir(parents=True)
+        (folder / "img_00001.jpg").write_bytes(b"partial")
+    try:
+        assert not _group_alive(zombie.pid)
+        summary = extract_dataset(tmp_path / "videos", tmp_path / "out", "dis-fast", workers=1, progress=False)
+    finally:
+        zombie.wait()
+    assert summary.done == 1 and not [folder for folder in stale if folder.exists()]
     assert_complete(tmp_path / "out" / "c" / "v", n_frames=3)
 
 
@@ -276,3 +319,129 @@ def test_chunks_do_not_change_the_output(tmp_path):
     assert extract.extract_video(video, tmp_path / "whole" / "v", settings=settings, chunk_frames=100) == 11
     assert extract.extract_video(video, tmp_path / "chunked" / "v", settings=settings, chunk_frames=4) == 11
     assert tree_bytes(tmp_path / "chunked") == tree_bytes(tmp_path / "whole")
+
+
+# --- bad inputs: each is named, the run goes on where it can (issue 12) ------------------------
+def test_non_utf8_file_name_is_recorded_and_the_run_goes_on(tmp_path):
+    """OpenCV's VideoCapture crashes the process on a surrogate-escaped path: it must never get one."""
+    videos = tmp_path / "videos"
+    write_video(videos / "walk" / "fine.avi", 4)
+    latin1 = os.path.join(os.fsencode(videos / "walk"), b"caf\xe9.avi")   # 'cafe' + e-acute in Latin-1
+    try:
+        with open(latin1, "wb") as file:
+            file.write((videos / "walk" / "fine.avi").read_bytes())
+    except OSError:
+        pytest.skip("this file system does not take file names that are not UTF-8")
+    out = tmp_path / "out"
+    process = run_cli("--videos", videos, "--out", out, "--method", "dis-fast", "--workers", 2)
+    log = process.communicate(timeout=120)[0]
+    assert process.returncode == 1, log                     # 1 = some videos failed; not a crash
+    assert "1 done, 0 skipped (already there), 1 failed" in log
+    assert_complete(out / "walk" / "fine", n_frames=4)
+    with open(out / FAILURES_FILE, newline="", encoding="utf-8") as file:
+        (row,) = list(csv.DictReader(file))
+    assert row["video"].endswith("caf\\udce9.avi")
+    assert "not valid UTF-8" in row["reason"] and r"caf\xe9.avi" in row["reason"] and "rename" in row["reason"]
+
+
+def test_truncated_and_damaged_videos_are_extracted_with_a_warning_naming_them(tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "golf").mkdir(parents=True)
+    (videos / "climb").mkdir()
+    golf = (CLIPS / GOLF).read_bytes()
+    shutil.copy(CLIPS / GOLF, videos / "golf" / "intact.avi")         # header: one frame more than decodes
+    (videos / "golf" / "half.avi").write_bytes(golf[:len(golf) // 2])   # cut like an interrupted download
+    damaged = bytearray((CLIPS / CLIMB).read_bytes())
+    for i in range(len(damaged) // 3, len(damaged) // 3 + 20_000, 97):
+        damaged[i] ^= 0xFF
+    (videos / "climb" / "damaged.avi").write_bytes(bytes(damaged))
+    mp4 = write_video(tmp_path / "whole.mp4", 10, fourcc="mp4v").read_bytes()
+    (videos / "climb" / "cut.mp4").write_bytes(mp4[:len(mp4) // 2])           # its index (moov) is at the end
+    announced = int(cv2.VideoCapture(str(videos / "golf" / "half.avi")).get(cv2.CAP_PROP_FRAME_COUNT))
+    decoded = own_decode_count(videos / "golf" / "half.avi")
+    assert announced > decoded + 2
+
+    summary = extract_dataset(videos, tmp_path / "out", "dis-ultrafast", workers=1, progress=False)
+    assert (summary.done, summary.failed) == (3, 1)                  # extracted all the same, but cut.mp4
+    (video, reason), = summary.failures
+    assert Path(video).name == "cut.mp4" and "OpenCV cannot open it" in reason and "(FFmpeg: '[mov," in reason
+    assert_complete(tmp_path / "out" / "golf" / "half", n_frames=decoded)
+
+    def warnings_file():
+        with open(tmp_path / "out" / extract.WARNINGS_FILE, newline="") as file:
+            return [(Path(row["video"]).name, row["warning"]) for row in csv.DictReader(file)]
+
+    rows = warnings_file()
+    assert {name for name, _ in rows} == {"half.avi", "damaged.avi"}            # not intact.avi
+    assert f"only {decoded} of the {announced} frames" in dict(rows)["half.avi"]
+    assert any(name == "damaged.avi" and "FFmpeg reported" in text and "@ 0x" in text for name, text in rows)
+    assert "2 video(s) with warnings" in str(summary)
+
+    again = extract_dataset(videos, tmp_path / "out", "dis-ultrafast", workers=1, progress=False)
+    assert again.skipped == 3 and warnings_file() == rows                      # kept while the folders are
+    shutil.rmtree(tmp_path / "out" / "golf" / "half")
+    (videos / "golf" / "half.avi").write_bytes(golf)                             # downloaded again, whole
+    extract_dataset(videos, tmp_path / "out", "dis-ultrafast", workers=1, progress=False)
+    assert {name for name, _ in warnings_file()} == {"damaged.avi"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--list", "{tmp}/no_such_list.txt"], "no_such_list.txt: no such file"),
+    (["--list", "{tmp}"], "is a folder"),
+    (["--out", "{tmp}/a_file"], "a_file is a file"),
+    (["--short-side", "0"], "short_side must be >= 1"),
+    (["--size", "0x0"], "width and height must be positive"),
+    (["--max-frames", "0"], "max_frames must be >= 2"),
+    (["--jpeg-quality", "101"], "jpeg_quality must be in 0 ... 100"),
+    (["--workers", "0"], "workers must be >= 1"),
+])
+def test_bad_usage_is_an_error_before_any_work(tmp_path, capsys, args, message):
+    write_video(tmp_path / "videos" / "c" / "v.avi", 3)
+    (tmp_path / "a_file").write_text("not a folder")
+    argv = ["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "out"), "--method", "dis-fast",
+            "--no-progress", *(a.format(tmp=tmp_path) for a in args)]
+    with pytest.raises(SystemExit) if "--size" in args else contextlib.nullcontext() as usage:
+        assert main(argv) == 2
+    assert usage is None or usage.value.code == 2             # argparse's own usage error
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_list_through_the_command_line(tmp_path):
+    process = run_cli("--videos", tmp_path, "--out", tmp_path / "out", "--list", tmp_path / "missing.txt")
+    log = process.communicate(timeout=120)[0]
+    assert (process.returncode, log.strip()) == (2, f"error: --list {tmp_path / 'missing.txt'}: no such file")
+
+
+@pytest.mark.parametrize("code, advice", [(errno.ENOSPC, "free some space"), (errno.EROFS, "read-only"),
+                                          (errno.EACCES, "permissions")])
+def test_unwritable_output_folder_is_an_error_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys,
+                                                                          code, advice):
+    write_video(tmp_path / "videos" / "c" / "v.avi", 3)
+    (tmp_path / "out").mkdir()
+    real_write_text = Path.write_text
+
+    def fail_after_creating(path, *args, **kwargs):    # what a full disk / read-only mount does to a write
+        real_write_text(path, "")
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(Path, "write_text", fail_after_creating)
+    assert main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "out"), "--method", "dis-fast",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write into the output folder {tmp_path / 'out'}: {os.strerror(code)}" in err
+    assert advice in err and "Traceback" not in err
+    assert os.listdir(tmp_path / "out") == []                  # no 0-byte .tmp-extraction_settings.json-<pid>
+
+
+def test_class_folder_without_split_files_is_named(tmp_path, caplog):
+    root = tmp_path / "ds"
+    write_video(root / "videos" / "wave" / "w1.avi", 3)
+    write_video(root / "videos" / "wave_extra" / "x1.avi", 3)
+    (root / "splits").mkdir()
+    for k in (1, 2, 3):
+        (root / "splits" / f"wave_test_split{k}.txt").write_text("w1.avi 1 \n")
+    with caplog.at_level(logging.INFO, logger="utils.extract"):
+        assert main(["--dataset", str(root), "--method", "dis-fast", "--workers", "1", "--no-progress"]) == 0
+    assert "2 done" in caplog.text and "no split files list the class folder(s) wave_extra/ (1 files)" in caplog.text

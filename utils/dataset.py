@@ -44,10 +44,12 @@ and clip ``CC``. UCF101's official lists and mmaction2 list files are read as sp
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -106,7 +108,14 @@ def _read_split_file(path) -> list[tuple[str, int, int]]:
         raise FileNotFoundError(f"split file not found: {path}")
     entries: list[tuple[str, int, int]] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")     # a byte-order mark (Windows editors) is not part of line 1
+    except UnicodeDecodeError as error:
+        line_no = raw.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path}, line {line_no}: byte {raw[error.start]:#04x} is not UTF-8 text; save the "
+                         "file as UTF-8 (or take it again from the official archive)") from None
+    with io.StringIO(text, newline=None) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -129,28 +138,44 @@ def _read_split_file(path) -> list[tuple[str, int, int]]:
 
 
 def _split_files(splits_dir: Path) -> dict[str, dict[int, Path]]:
-    """``{class_name: {split: path}}``, checking that every class has all three splits."""
+    """``{class_name: {split: path}}``, checking that every class has all three splits.
+
+    The files sit in ``splits_dir``, or in its one sub-folder that holds them (the official
+    archive unpacks to ``testTrainMulti_7030_splits/``).
+    """
     splits_dir = Path(splits_dir)
     if not splits_dir.is_dir():
         raise FileNotFoundError(
             f"splits folder not found: {splits_dir} (expected <class>_test_split{{1,2,3}}.txt files; "
             "for HMDB51 run `python -m utils.download`)"
         )
+    files = _split_files_in(splits_dir)
+    if not files:   # the official archive unpacks to splits/testTrainMulti_7030_splits/: look one level down
+        nested = {Path(e.path): found for e in os.scandir(splits_dir)
+                  if e.is_dir() and (found := _split_files_in(Path(e.path)))}
+        if len(nested) != 1:
+            hint = (f"; there are sets in {len(nested)} sub-folders ({', '.join(sorted(p.name for p in nested))}): "
+                    "keep one" if nested else " or in a sub-folder of it")
+            raise FileNotFoundError(f"no <class>_test_split<k>.txt files in {splits_dir}{hint}")
+        splits_dir, files = next(iter(nested.items()))
+    for class_name, by_split in sorted(files.items()):
+        missing = [s for s in SPLITS if s not in by_split]
+        if missing:
+            names = ", ".join(f"{class_name}_test_split{s}.txt" for s in missing)
+            raise FileNotFoundError(f"{splits_dir}: class {class_name!r} has no {names}")
+    return files
+
+
+def _split_files_in(folder: Path) -> dict[str, dict[int, Path]]:
+    """``{class_name: {split: path}}`` of the split files directly in ``folder``."""
     files: dict[str, dict[int, Path]] = {}
-    for entry in os.scandir(splits_dir):
+    for entry in os.scandir(folder):
         match = _SPLIT_FILE_PATTERN.match(entry.name)
         if match and entry.is_file():
             split = int(match["split"])
             if split not in SPLITS:
                 raise ValueError(f"{entry.path}: split number must be 1, 2 or 3")
             files.setdefault(match["class_name"], {})[split] = Path(entry.path)
-    if not files:
-        raise FileNotFoundError(f"no <class>_test_split<k>.txt files in {splits_dir}")
-    for class_name, by_split in sorted(files.items()):
-        missing = [s for s in SPLITS if s not in by_split]
-        if missing:
-            names = ", ".join(f"{class_name}_test_split{s}.txt" for s in missing)
-            raise FileNotFoundError(f"{splits_dir}: class {class_name!r} has no {names}")
     return files
 
 
@@ -373,6 +398,11 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
     index["subset"] = carve_validation(index, cfg.split, cfg.val_fraction, cfg.seed)
 
     videos_dir, frames_dir = cfg.videos_dir, cfg.frames_dir
+    unlisted = unlisted_class_folders(videos_dir, classes)
+    if unlisted:
+        warnings.warn(f"{len(unlisted)} folder(s) of {videos_dir} have no split files in {cfg.splits_dir}, so "
+                      f"their videos are not in the index (never trained on or tested): {', '.join(unlisted)}; "
+                      "add <class>_test_split<k>.txt files for them or move them out", stacklevel=2)
     on_disk = {c: _files_in(videos_dir / c) for c in classes}
     video_paths, has_video = [], []
     for class_name, filename, stem in zip(index["class_name"], index["filename"], index["video"]):
@@ -402,6 +432,117 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
     columns = ["video", "filename", "class_name", "label", "source", "split1", "split2", "split3",
                "subset", "video_path", "has_video", "frames_path", "n_frames", "n_flows", *META_KEYS]
     return index[columns]
+
+
+def unlisted_class_folders(videos_dir, classes) -> list[str]:
+    """Sub-folders of ``videos_dir`` that are not among ``classes``, as ``"name (N files)"``, sorted."""
+    found = []
+    try:
+        entries = sorted(os.scandir(videos_dir), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in set(classes):
+            n_files = sum(1 for name in _files_in(Path(entry.path)) if not name.startswith("."))
+            found.append(f"{entry.name}/ ({n_files} files)")
+    return found
+
+
+# --------------------------------------------------------------------------------------
+# Which videos a stream can use
+# --------------------------------------------------------------------------------------
+NOT_EXTRACTED = "not extracted"   # on disk, no frames yet: running the extraction fixes it
+UNUSABLE = "unusable"             # not on disk, extraction failed, or too short: left out and counted
+
+
+class UsableVideos(NamedTuple):
+    """What :func:`usable_videos` returns."""
+
+    rows: pd.DataFrame        # the usable rows of the index (its own row labels kept)
+    excluded: pd.DataFrame    # class_name, video, subset, status, reason: one row per video left out
+    message: str              # one line, or a list of the videos left out and why
+
+
+def usable_videos(index: pd.DataFrame, stack_length: int | None = None, *, frames_dir=None,
+                  allow_not_extracted: bool = False) -> UsableVideos:
+    """The rows of ``index`` a stream can use, and the others with the reason, video by video.
+
+    A video is usable when its frames are extracted and, given a ``stack_length`` L (the
+    temporal stream; both streams at test time, where the RGB frame sits at a stack's start),
+    when it has at least L flows, i.e. L + 1 frames. ``stack_length=None``: one frame is enough
+    (training the spatial stream). Videos left out are either ``NOT_EXTRACTED`` (the video is
+    there, its frames are not: raises FileNotFoundError naming them, since the extraction was
+    not run or not finished, unless ``allow_not_extracted``) or ``UNUSABLE``: not on disk
+    (``has_video`` False), listed in ``<frames_dir>/extraction_failures.csv`` (the reason is
+    taken from there), or too short. ``frames_dir`` defaults to the folder above the
+    ``frames_path`` of the rows.
+    """
+    if frames_dir is None and len(index):
+        frames_dir = Path(index["frames_path"].iloc[0]).parent.parent
+    failed = _extraction_failures(frames_dir) if frames_dir is not None else {}
+    has_video = index["has_video"] if "has_video" in index else pd.Series(True, index=index.index)
+    subset = index["subset"] if "subset" in index else pd.Series("", index=index.index)
+    status, reasons = [], []
+    for row, present in zip(index.itertuples(), has_video):
+        n_frames, n_flows = int(row.n_frames), int(row.n_flows)
+        if n_frames < 1 and (row.class_name, row.video) in failed:
+            status.append(UNUSABLE)
+            reasons.append(f"extraction failed: {failed[row.class_name, row.video]}")
+        elif n_frames < 1 and not present:
+            status.append(UNUSABLE)
+            where = Path(row.video_path).parent if "video_path" in index else f"videos/{row.class_name}/"
+            reasons.append(f"video file not found in {where}")
+        elif n_frames < 1:
+            status.append(NOT_EXTRACTED)
+            reasons.append("not extracted yet")
+        elif stack_length is not None and n_flows < stack_length:
+            status.append(UNUSABLE)
+            reasons.append(f"too short: {n_frames} frames, {n_flows} flows; a stack of L = {stack_length} "
+                           f"flows needs {stack_length + 1} frames")
+        else:
+            status.append(None)
+            reasons.append(None)
+    left_out = pd.Series([s is not None for s in status], index=index.index, dtype=bool)
+    excluded = pd.DataFrame({"class_name": index["class_name"], "video": index["video"], "subset": subset,
+                             "status": status, "reason": reasons})[left_out].reset_index(drop=True)
+    message = _excluded_message(excluded, index["class_name"].value_counts(), stack_length)
+    not_extracted = excluded[excluded["status"] == NOT_EXTRACTED]
+    if len(not_extracted) and not allow_not_extracted:
+        raise FileNotFoundError(f"{message}\nrun the extraction first (notebook 01, or python -m utils.extract "
+                                f"--dataset ...): {len(not_extracted)} video(s) are on disk but have no frames "
+                                f"in {frames_dir}")
+    return UsableVideos(index[~left_out], excluded, message)
+
+
+def _extraction_failures(frames_dir) -> dict[tuple[str, str], str]:
+    """``{(class, video stem): reason}`` from ``<frames_dir>/extraction_failures.csv`` ({} if absent)."""
+    from utils.extract import FAILURES_FILE
+
+    path = Path(frames_dir) / FAILURES_FILE
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="replace")
+    return {(Path(v).parent.name, Path(v).stem): r for v, r in zip(table.get("video", []), table.get("reason", []))}
+
+
+def _excluded_message(excluded: pd.DataFrame, class_sizes: pd.Series, stack_length: int | None,
+                      max_listed: int = 20) -> str:
+    """One line when nothing is left out; else the counts, whole classes left out, and each other video."""
+    n_total = int(class_sizes.sum())
+    if excluded.empty:
+        needs = f" (at least L + 1 = {stack_length + 1} frames)" if stack_length is not None else ""
+        return f"all {n_total} videos are extracted and usable{needs}"
+    counts = ", ".join(f"{n} {status}" for status, n in excluded["status"].value_counts().items())
+    lines = [f"{len(excluded)} of {n_total} videos left out ({counts}):"]
+    whole = [c for c, group in excluded.groupby("class_name")
+             if len(group) == class_sizes[c] and group["reason"].nunique() == 1]
+    lines += [f"  class {c}: all {class_sizes[c]} videos, "
+              f"{excluded.loc[excluded.class_name == c, 'reason'].iloc[0]}" for c in whole]
+    single = excluded[~excluded["class_name"].isin(whole)]
+    lines += [f"  {r.class_name}/{r.video}: {r.reason}" for r in single.head(max_listed).itertuples()]
+    if len(single) > max_listed:
+        lines.append(f"  ... and {len(single) - max_listed} more (all are in the `.excluded` table)")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------

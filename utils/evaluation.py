@@ -28,6 +28,7 @@ import json
 import os
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -424,12 +425,19 @@ def score_videos(model, rows: pd.DataFrame, stream: str, protocol: str, *, n_cla
 
 def evaluation_rows(cfg: Config, subset: str = "test", *, index: pd.DataFrame | None = None,
                     stack_length: int | None = None, allow_missing: bool = False) -> pd.DataFrame:
-    """The videos of ``subset`` for ``cfg.split``, all of them extracted, in index order.
+    """The usable videos of ``subset`` for ``cfg.split``, in index order (see ``dataset.usable_videos``).
 
-    A video that was not extracted (or is too short for one flow stack) is an error naming it:
-    accuracy on part of the test split is not comparable with anything. ``allow_missing=True``
-    skips such videos with a warning (for experiments only; the score file records how many).
+    ``stack_length`` is L (default ``cfg.stack_length``, which the temporal model must match):
+    both streams need L + 1 frames, since the one-frame protocol pairs the RGB frame with a
+    stack's start. A video that is on disk but not extracted is an error naming it (accuracy on
+    part of the test split is not comparable with anything; run the extraction);
+    ``allow_missing=True`` skips them too (for experiments only). Videos that cannot be used (not
+    on disk, extraction failed, too short) are left out with a warning naming each. Either way
+    ``rows.attrs`` holds ``n_missing`` (the number left out) and ``excluded``
+    (``{"class/video": reason}``), which the score file records.
     """
+    from utils.dataset import usable_videos
+
     _check_choice("subset", subset, SUBSETS)
     if index is None:
         from utils.dataset import build_index
@@ -438,19 +446,16 @@ def evaluation_rows(cfg: Config, subset: str = "test", *, index: pd.DataFrame | 
     rows = index[index["subset"] == subset].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"no '{subset}' videos in split {cfg.split} of {cfg.data_root}")
-    unusable = (rows["n_frames"] < 1) | (rows["n_flows"] < stack_length)
-    if unusable.any():
-        bad = rows[unusable]
-        names = ", ".join(f"{r.class_name}/{r.video} ({r.n_frames} frames, {r.n_flows} flows)"
-                          for r in bad.head(5).itertuples())
-        message = (f"{len(bad)} of {len(rows)} '{subset}' videos are not extracted under "
-                   f"{cfg.frames_dir} (or have fewer than {stack_length} flows): {names}"
-                   f"{' ...' if len(bad) > 5 else ''}")
-        if not allow_missing:
-            raise FileNotFoundError(message + "; run the extraction (notebook 01) first")
-        warnings.warn(message + "; skipping them because allow_missing=True", stacklevel=2)
-        rows = rows[~unusable].reset_index(drop=True)
-    rows.attrs["n_missing"] = int(unusable.sum())
+    try:
+        usable = usable_videos(rows, stack_length, frames_dir=cfg.frames_dir, allow_not_extracted=allow_missing)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"'{subset}' videos: {error}") from None
+    if len(usable.excluded):
+        skipping = "skipping them" + (" (allow_missing=True)" if allow_missing else "")
+        warnings.warn(f"'{subset}' videos: {usable.message}\n{skipping}; the score file records them", stacklevel=2)
+    rows = usable.rows.reset_index(drop=True)
+    rows.attrs["n_missing"] = len(usable.excluded)
+    rows.attrs["excluded"] = {f"{r.class_name}/{r.video}": r.reason for r in usable.excluded.itertuples()}
     return rows
 
 
@@ -469,16 +474,60 @@ def checkpoint_path(cfg: Config, stream: str, checkpoint: str = "best") -> Path:
     return Path(checkpoint)
 
 
-def load_stream_model(path: str | os.PathLike):
+def load_stream_model(path: str | os.PathLike, stream: str | None = None):
     """Load a trained stream from its ``.keras`` file (custom layers of utils.models registered).
 
-    The last two models loaded are kept, so scoring the test and the validation videos with the
-    same checkpoint loads it once (a newer file with the same name is loaded again).
+    A file that is not a Keras archive (truncated, or another kind of file), or, given ``stream``,
+    a checkpoint of the other stream, is an error naming the file. The last two models loaded
+    are kept, so scoring the test and the validation videos with the same checkpoint loads it
+    once (a newer file with the same name is loaded again).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint {path}; train that stream first (notebooks 02/03)")
-    return _load_model_cached(str(path.resolve()), path.stat().st_mtime)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"checkpoint {path} is not a Keras .keras archive (a truncated or wrong file, "
+                         f"{path.stat().st_size} bytes); train that stream again or give another checkpoint")
+    if stream is not None:
+        check_stream_input(checkpoint_input_shape(path), stream, path)
+    try:
+        return _load_model_cached(str(path.resolve()), path.stat().st_mtime)
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        raise ValueError(f"checkpoint {path} does not load: {error}") from error
+
+
+def checkpoint_input_shape(path: str | os.PathLike) -> tuple | None:
+    """The input shape ``(None, H, W, C)`` stored in a ``.keras`` archive, read without building
+    the model; None when the file is not such an archive or has no single input layer."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        shapes = [layer["config"]["batch_shape"] for layer in config["config"]["layers"]
+                  if layer.get("class_name") == "InputLayer"]
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return None
+    return tuple(shapes[0]) if len(shapes) == 1 and len(shapes[0]) == 4 else None
+
+
+def check_stream_input(shape, stream: str, source) -> None:
+    """Raise unless ``shape`` ``(None, H, W, C)`` is an input of ``stream``: C = 3 (RGB) or C = 2L (flow).
+
+    ``source`` names the checkpoint (or model) in the message; a None shape is not checked.
+    """
+    _check_choice("stream", stream, STREAMS)
+    if shape is None or not shape[-1]:
+        return
+    channels = int(shape[-1])
+    found = "spatial" if channels == 3 else "temporal" if channels % 2 == 0 else None
+    if found == stream:
+        return
+    size = "x".join(str(n) for n in shape[1:])
+    has = (f"a spatial-stream model (input {size}: RGB frames)" if found == "spatial" else
+           f"a temporal-stream model (input {size}: stacks of L = {channels // 2} flows)" if found else
+           f"a model with input {size}, which is neither stream's")
+    wanted = ("RGB frames, H x W x 3" if stream == "spatial" else "flow stacks, H x W x 2L")
+    raise ValueError(f"{source} is {has}; the {stream} stream takes {wanted}: check which checkpoint "
+                     f"is given for which stream")
 
 
 @functools.lru_cache(maxsize=2)
@@ -522,13 +571,17 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
         from utils.dataset import build_index
         index = build_index(cfg)
     classes = index_class_names(index)
+    if model is None:    # a checkpoint of the other stream: named now, before any work (nothing is loaded)
+        check_stream_input(checkpoint_input_shape(ckpt), stream, ckpt)
+    else:
+        check_stream_input(getattr(model, "input_shape", None), stream, "the model given")
     image_size, stack_length = cfg.image_size, cfg.stack_length
     rows = evaluation_rows(cfg, subset, index=index, stack_length=stack_length,
                            allow_missing=allow_missing)
     settings = {"stream": stream, "subset": subset, **protocol_id, "stack_length": stack_length,
                 "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
                 "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0),
-                "extraction": extraction_settings(cfg), **ckpt_id}
+                "excluded": rows.attrs.get("excluded", {}), "extraction": extraction_settings(cfg), **ckpt_id}
     settings = json.loads(json.dumps(settings, default=str))        # as stored (tuples become lists)
     out = scores_path(cfg, stream, protocol, subset)
     partial = out.with_name(out.stem + ".partial.npz")

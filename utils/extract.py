@@ -11,7 +11,11 @@ A video's folder appears only when it is complete: it is written to a hidden sib
 ``.tmp-<video_stem>-<pid>`` and renamed at the end. So an interrupted run can simply be
 started again: finished videos are skipped, half-written ones are cleaned up and redone.
 Videos that cannot be read are listed in ``<out_dir>/extraction_failures.csv`` (rewritten
-each run) and the run goes on.
+each run) and the run goes on. Videos that were extracted but look damaged (fewer decoded
+frames than the container announces, beyond the one frame HMDB51's AVIs over-count, or FFmpeg
+decoder errors such as "ac-tex damaged", which FFmpeg prints without naming the file) are listed
+in ``<out_dir>/extraction_warnings.csv`` (video, warning), kept across runs for as long as their
+folder is there.
 
 Command line (a thin wrapper over :func:`extract_dataset`)::
 
@@ -22,15 +26,20 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import ctypes
+import errno
 import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -47,12 +56,19 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 FAILURES_FILE = "extraction_failures.csv"
+WARNINGS_FILE = "extraction_warnings.csv"
 SETTINGS_FILE = "extraction_settings.json"
 TMP_PREFIX = ".tmp-"
+MISSING_FRAMES_TOLERANCE = 2   # HMDB51's AVI headers count one frame more than decodes
+_FFMPEG_LINE = re.compile(r"^\[[^\]@]+ @ (0x)?[0-9a-fA-F]+\] ")   # FFmpeg's "[mpeg4 @ 0x55d0...] message"
 
 
 class VideoReadError(Exception):
     """A video that cannot be used; the message is the reason written to the failures file."""
+
+
+class OutputFolderError(OSError):
+    """The output folder cannot be created or written (read-only, full disk, ...)."""
 
 
 # --- settings that must not change between a run and its resumption ----------------------------
@@ -79,7 +95,11 @@ def _check_settings(out_dir: Path, settings: ExtractionSettings) -> None:
     path = out_dir / SETTINGS_FILE
     wanted = settings.to_json()
     if path.is_file():
-        found = json.loads(path.read_text())
+        try:
+            found = json.loads(path.read_text())
+        except ValueError:
+            raise ValueError(f"{path} is not readable JSON (a damaged file?), so the settings of the frames in "
+                             f"{out_dir} are unknown; delete {out_dir} or extract into another folder") from None
         if found != wanted:
             changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ValueError(
@@ -103,8 +123,11 @@ def read_extraction_settings(out_dir: str | Path) -> dict | None:
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)     # after a failed write (full disk): no 0-byte file left behind
 
 
 # --- finding and reading videos ----------------------------------------------------------------
@@ -135,6 +158,7 @@ def iter_frames(video_path: str | Path, max_frames: int | None = None) -> Iterat
         raise VideoReadError("file not found")
     if video_path.stat().st_size == 0:
         raise VideoReadError("empty file (0 bytes)")
+    _check_name(video_path)
     capture = cv2.VideoCapture(str(video_path))
     try:
         if not capture.isOpened():
@@ -148,6 +172,76 @@ def iter_frames(video_path: str | Path, max_frames: int | None = None) -> Iterat
             yield frame
     finally:
         capture.release()
+
+
+def _check_name(video_path: Path) -> None:
+    """Raise VideoReadError for a path that is not valid UTF-8 (OpenCV's VideoCapture crashes on it)."""
+    try:
+        str(video_path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise VideoReadError(f"the file name is not valid UTF-8 (its bytes: {os.fsencode(video_path)!r}), "
+                             "which OpenCV cannot open; rename the file (e.g. with `convmv -f latin1 -t utf8`) "
+                             "and run again") from None
+
+
+def header_frame_count(video_path: str | Path) -> int:
+    """Frame count announced by the container (OpenCV's CAP_PROP_FRAME_COUNT; 0 when unknown)."""
+    _check_name(Path(video_path))
+    capture = cv2.VideoCapture(str(video_path))
+    try:
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
+def missing_frames_warning(decoded: int, announced: int, max_frames: int | None = None) -> str | None:
+    """A warning when ``decoded`` frames fall short of the container's ``announced`` count (else None).
+
+    Up to :data:`MISSING_FRAMES_TOLERANCE` frames short is normal (HMDB51's AVIs announce one
+    frame more than decodes); with ``max_frames`` only that many are expected.
+    """
+    expected = min(announced, max_frames) if max_frames else announced
+    if announced <= 0 or expected - decoded <= MISSING_FRAMES_TOLERANCE:
+        return None
+    return (f"only {decoded} of the {announced} frames its header announces could be decoded: the file is "
+            f"probably truncated or damaged, and was extracted as a {decoded}-frame clip (download it again "
+            "to get the whole clip)")
+
+
+_capture_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _decoder_messages(messages: list[str]):
+    """Collect FFmpeg's messages while one video is extracted: FFmpeg writes them to file descriptor 2
+    without naming the file. Lines in FFmpeg's ``[decoder @ 0x...] text`` form go to ``messages``;
+    anything else written meanwhile is passed on to stderr afterwards. One capture per process at a
+    time (a second thread's video is not captured; its messages reach stderr as before)."""
+    if not _capture_lock.acquire(blocking=False):
+        yield
+        return
+    try:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):    # no usable file descriptor 2: nothing to capture
+            yield
+            return
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:   # also when the video failed: its messages explain why
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                for line in capture.read().decode("utf-8", "replace").splitlines():
+                    if _FFMPEG_LINE.match(line):
+                        messages.append(line)
+                    elif line.strip():
+                        print(line, file=sys.stderr)
+    finally:
+        _capture_lock.release()
 
 
 def count_decodable_frames(video_path: str | Path) -> int:
@@ -254,12 +348,13 @@ class _Result:
     frame_pairs: int = 0
     error: str | None = None        # reason the video failed, None when done
     details: str | None = None      # traceback of unexpected errors
+    warnings: list[str] = field(default_factory=list)   # extracted, but looks damaged
 
 
 _worker_flow_fns: dict = {}
 
 
-def _init_worker(opencv_threads: int) -> None:
+def _init_worker(opencv_threads: int, parent_pid: int) -> None:
     """Run in each worker process: one OpenCV thread each; die with the parent (Linux)."""
     cv2.setNumThreads(opencv_threads)
     if sys.platform.startswith("linux"):
@@ -267,6 +362,8 @@ def _init_worker(opencv_threads: int) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
         except OSError:
             pass
+    if os.getppid() != parent_pid:   # the parent died before prctl took effect: nobody would kill us
+        os._exit(1)
 
 
 def _method_key(settings: ExtractionSettings) -> tuple[str, str]:
@@ -276,15 +373,23 @@ def _method_key(settings: ExtractionSettings) -> tuple[str, str]:
 def _run_job(job: _Job) -> _Result:
     """Extract one video; never raises (the failure reason is returned instead)."""
     key = _method_key(job.settings)
+    messages: list[str] = []            # FFmpeg's, about this video
     try:
         if key not in _worker_flow_fns:     # build each flow method once per process
             _worker_flow_fns[key] = make_video_flow(job.settings.method, **job.settings.method_options)
-        pairs = extract_video(job.video_path, job.video_out_dir, _worker_flow_fns[key], settings=job.settings)
-        return _Result(job.video_path, frame_pairs=pairs)
+        with _decoder_messages(messages):
+            pairs = extract_video(job.video_path, job.video_out_dir, _worker_flow_fns[key], settings=job.settings)
+            announced = header_frame_count(job.video_path)
+        notes = [note for note in [missing_frames_warning(pairs + 1, announced, job.settings.max_frames)] if note]
+        if messages:
+            notes.append(f"FFmpeg reported {len(messages)} decoding error(s), e.g. {messages[0]!r}: the file is "
+                         "damaged in places (those frames may show blocks or smears)")
+        return _Result(job.video_path, frame_pairs=pairs, warnings=notes)
     except VideoReadError as error:
-        return _Result(job.video_path, error=str(error))
+        return _Result(job.video_path, error=str(error) + (f" (FFmpeg: {messages[0]!r})" if messages else ""))
     except Exception as error:  # noqa: BLE001 - one bad video must not stop a dataset run
-        return _Result(job.video_path, error=f"{type(error).__name__}: {error}", details=traceback.format_exc())
+        return _Result(job.video_path, error=f"{type(error).__name__}: {str(error).strip()}",
+                       details=traceback.format_exc())
 
 
 def _clean_stale_tmp(out_dir: Path) -> int:
@@ -303,7 +408,8 @@ def _clean_stale_tmp(out_dir: Path) -> int:
 
 
 def _pid_alive(pid_text: str) -> bool:
-    if not pid_text.isdigit():
+    """Whether process ``pid_text`` (another one than this) runs; a zombie (dead, not reaped yet) does not."""
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False
     try:
         os.kill(int(pid_text), 0)
@@ -311,7 +417,11 @@ def _pid_alive(pid_text: str) -> bool:
         return False
     except PermissionError:
         return True
-    return int(pid_text) != os.getpid()
+    try:   # Linux: state is the field after "pid (comm)"; Z/X = exited (kill(pid, 0) still succeeds)
+        state = Path(f"/proc/{pid_text}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 # --- a whole dataset ---------------------------------------------------------------------------
@@ -328,6 +438,8 @@ class ExtractionSummary:
     frame_pairs: int = 0            # flow pairs computed in this run (done videos only)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)   # (video path, reason)
+    warnings: list[tuple[str, str]] = field(default_factory=list)   # (video path, warning): extracted, damaged?
+    unlisted_classes: list[str] = field(default_factory=list)      # class folders the split files do not list
 
     @property
     def pairs_per_second(self) -> float:
@@ -343,6 +455,12 @@ class ExtractionSummary:
                 f"({self.pairs_per_second:.1f} pairs/s, method {self.method}, {self.workers} worker(s))")
         if self.failures:
             text += f"; failures listed in {self.out_dir / FAILURES_FILE}"
+        if self.warnings:
+            text += (f"; {len({video for video, _ in self.warnings})} video(s) with warnings (damaged?) listed in "
+                     f"{self.out_dir / WARNINGS_FILE}")
+        if self.unlisted_classes:
+            text += (f"; no split files list the class folder(s) {', '.join(self.unlisted_classes)}: "
+                     "extracted, but never used for training or testing")
         return text
 
 
@@ -367,22 +485,25 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
                     size: tuple[int, int] | None = None, short_side: int | None = None,
                     max_frames: int | None = None, jpeg_quality: int = 95,
                     method_options: dict | None = None, opencv_threads: int = 1,
-                    progress: bool = True) -> ExtractionSummary:
+                    progress: bool = True, splits_dir: str | Path | None = None) -> ExtractionSummary:
     """Extract frames and flow for every ``<class>/<video>`` under ``videos_dir`` into ``out_dir``.
 
     Resumable: videos whose output folder exists are skipped. ``videos`` restricts the run to
     these paths (relative to ``videos_dir`` or absolute; e.g. the ones listed in the split
     files); a listed video that does not exist is recorded as a failure. Per-process methods
     run in ``workers`` spawned processes (default: one per core) with ``opencv_threads`` OpenCV
-    threads each; in-process batched methods run in this process. Returns an
-    :class:`ExtractionSummary`; failures are also written to ``<out_dir>/extraction_failures.csv``.
+    threads each; in-process batched methods run in this process. Option values and the output
+    folder are checked before any work (ValueError / OSError naming what is wrong). Returns an
+    :class:`ExtractionSummary`; failures are also written to ``<out_dir>/extraction_failures.csv``
+    and warnings to ``<out_dir>/extraction_warnings.csv``. Given the dataset's ``splits_dir``,
+    class folders that no split file lists are named in the summary.
     """
     start = time.perf_counter()
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    _check_options(workers=workers, size=size, short_side=short_side, max_frames=max_frames,
+                   jpeg_quality=jpeg_quality)
     flow_method = check_flow_method(method)             # e.g. missing opencv-contrib: fail here, early
     workers = default_workers(method) if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     if flow_method.batched and workers > 1:
         log.warning("method %r runs batched in this process; ignoring workers=%d", method, workers)
         workers = 1
@@ -392,13 +513,14 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
     output_size(1, 1, settings.size, settings.short_side)   # validates size vs short_side
     video_paths = _resolve_videos(videos_dir, videos)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(out_dir, settings)
+    _prepare_output_folder(out_dir, settings)
     stale = _clean_stale_tmp(out_dir)
     if stale:
         log.info("removed %d unfinished video folder(s) left by an interrupted run", stale)
 
     summary = ExtractionSummary(out_dir=out_dir, method=method, workers=workers)
+    if splits_dir is not None:
+        summary.unlisted_classes = _unlisted_classes(videos_dir, Path(splits_dir))
     jobs, seen = [], set()
     for path in video_paths:
         video_out_dir = out_dir / path.parent.name / path.stem
@@ -420,12 +542,16 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
     log.info("extracting %d video(s) (%d already done) from %s to %s; flow method %r (%s, %s)",
              len(jobs), summary.skipped, videos_dir, out_dir, method, flow_method.execution, device)
 
+    new_warnings: list[tuple[str, str]] = []
     with tqdm(total=len(jobs), unit="video", desc=f"frames+flow ({method})", disable=not progress or not jobs,
               dynamic_ncols=True) as bar:
         for result in _run_jobs(jobs, workers, opencv_threads):
             if result.error is None:
                 summary.done += 1
                 summary.frame_pairs += result.frame_pairs
+                for note in result.warnings:
+                    new_warnings.append((result.video_path, note))
+                    log.warning("extracted, but: %s: %s", result.video_path, note)
             else:
                 summary.failures.append((result.video_path, result.error))
                 log.warning("failed: %s: %s%s", result.video_path, result.error,
@@ -435,6 +561,7 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
 
     summary.failed = len(summary.failures)
     _write_failures(out_dir / FAILURES_FILE, summary.failures)
+    summary.warnings = _update_warnings(out_dir, new_warnings, redone={job.video_path for job in jobs})
     summary.seconds = time.perf_counter() - start
     log.info("%s", summary)
     return summary
@@ -453,7 +580,8 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, opencv_threads: int) -> Iterat
         return
     context = multiprocessing.get_context("spawn")    # safe with threads, CUDA and notebooks
     pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                                                  initializer=_init_worker, initargs=(opencv_threads,))
+                                                  initializer=_init_worker,
+                                                  initargs=(opencv_threads, os.getpid()))
     try:
         futures = [pool.submit(_run_job, job) for job in jobs]
         for future in concurrent.futures.as_completed(futures):
@@ -468,13 +596,77 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, opencv_threads: int) -> Iterat
     pool.shutdown()
 
 
-def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+def _write_failures(path: Path, failures: list[tuple[str, str]], header=("video", "reason")) -> None:
+    """A CSV of (video, text) rows, atomically; names that are not UTF-8 get backslash escapes (``\\udce9``)."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
-    with open(tmp, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["video", "reason"])
-        writer.writerows(sorted(failures))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as file:
+            writer = csv.writer(file)
+            writer.writerow(header)
+            writer.writerows(sorted(failures))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _update_warnings(out_dir: Path, new: list[tuple[str, str]], redone: set[str]) -> list[tuple[str, str]]:
+    """Rewrite ``extraction_warnings.csv``: this run's warnings, plus the earlier ones of videos whose
+    folder is still there and was not redone now. Returns all of them."""
+    path = out_dir / WARNINGS_FILE
+    kept = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8", errors="replace") as file:
+            for row in csv.DictReader(file):
+                video = Path(row["video"])
+                if row["video"] not in redone and (out_dir / video.parent.name / video.stem).is_dir():
+                    kept.append((row["video"], row["warning"]))
+    rows = kept + new
+    if rows or path.is_file():
+        _write_failures(path, rows, header=("video", "warning"))
+    return rows
+
+
+def _check_options(*, workers, size, short_side, max_frames, jpeg_quality) -> None:
+    """ValueError for option values that would fail on every video or be silently changed."""
+    problems = []
+    if workers is not None and int(workers) < 1:
+        problems.append(f"workers must be >= 1, got {workers}")
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        problems.append(f"size must be two positive numbers (width, height), got {size!r}")
+    if short_side is not None and short_side < 1:
+        problems.append(f"short_side must be >= 1 pixel, got {short_side}")
+    if max_frames is not None and max_frames < 2:
+        problems.append(f"max_frames must be >= 2 (a flow needs two frames), got {max_frames}")
+    if not 0 <= jpeg_quality <= 100:
+        problems.append(f"jpeg_quality must be in 0 ... 100 (OpenCV's range), got {jpeg_quality}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _prepare_output_folder(out_dir: Path, settings: ExtractionSettings) -> None:
+    """Create ``out_dir`` and record the settings there, or raise an error that says why it cannot be used."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"the output folder {out_dir} is a file; give a folder (--out)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _check_settings(out_dir, settings)
+    except OSError as error:
+        advice = {errno.ENOSPC: "free some space or give a folder on another disk",
+                  errno.EDQUOT: "free some space or give a folder on another disk",
+                  errno.EACCES: "it is not writable for you: fix its permissions or give another folder",
+                  errno.EPERM: "it is not writable for you: fix its permissions or give another folder",
+                  errno.EROFS: "it is on a read-only file system: give another folder"}
+        raise OutputFolderError(f"cannot write into the output folder {out_dir}: {error.strerror or error}; "
+                                f"{advice.get(error.errno, 'give another folder')}") from error
+
+
+def _unlisted_classes(videos_dir: Path, splits_dir: Path) -> list[str]:
+    """Class folders of ``videos_dir`` that no split file in ``splits_dir`` lists ([] if they cannot be read)."""
+    from utils import dataset
+    try:
+        return dataset.unlisted_class_folders(videos_dir, dataset.class_names(splits_dir))
+    except (OSError, ValueError):
+        return []
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -483,7 +675,23 @@ def _parse_size(text: str) -> tuple[int, int]:
         width, height = (int(n) for n in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 340x256, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
     return width, height
+
+
+def _read_video_list(path: Path) -> list[str]:
+    """The lines of a ``--list`` file; ValueError / FileNotFoundError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--list {path}: " + ("is a folder, not a text file" if path.is_dir()
+                                                       else "no such file"))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_no = raw.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"--list {path}, line {line_no}: not UTF-8 text; save it as UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,23 +720,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns 0 when every video was extracted, 1 if some failed, 2 on bad usage."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    splits_dir = None
     if args.dataset:
         from utils.config import Config
         cfg = Config(dataset=args.dataset)
         args.videos = args.videos or cfg.videos_dir
         args.out = args.out or cfg.frames_dir
+        splits_dir = cfg.splits_dir
     if args.videos is None or args.out is None:
         parser.error("give --dataset, or both --videos and --out")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    videos = None
-    if args.video_list:
-        videos = [line.strip() for line in args.video_list.read_text().splitlines() if line.strip()]
     try:
+        videos = _read_video_list(args.video_list) if args.video_list else None
         summary = extract_dataset(args.videos, args.out, args.method, args.workers, videos=videos,
                                   size=args.size, short_side=args.short_side, max_frames=args.max_frames,
                                   jpeg_quality=args.jpeg_quality, opencv_threads=args.opencv_threads,
-                                  progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+                                  progress=not args.no_progress, splits_dir=splits_dir)
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 1 if summary.failed else 0

@@ -29,6 +29,7 @@ probabilities and loss).
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -53,12 +54,35 @@ a short run would leave them far too large at inference.)"""
 # ----------------------------------------------------------------------------------------
 # Spatial stream
 # ----------------------------------------------------------------------------------------
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"     # .weights.h5 / .h5 (Keras' own ImageNet files)
+_ZIP_SIGNATURE = b"PK\x03\x04"               # a .keras archive also holds weights
+
+
 def _check_weights_file(weights, what: str) -> str:
+    """``weights`` as a path string, once it is known to be an HDF5 (or ``.keras``) file; else a named error."""
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: weights file {path} does not exist (expected 'imagenet', None, "
                                 f"or the path to a .weights.h5 file saved from the same architecture)")
+    if not path.name.lower().endswith((".weights.h5", ".h5", ".hdf5", ".keras")):
+        raise ValueError(f"{what}: weights file {path} must be named *.weights.h5 (or *.h5 / *.keras): "
+                         "Keras chooses how to read a weights file by its name")
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if head != _HDF5_SIGNATURE and not head.startswith(_ZIP_SIGNATURE):
+        raise ValueError(f"{what}: {path} is not a Keras weights file (an HDF5 .weights.h5 file or a .keras "
+                         f"archive; it starts with {head!r}); give a file saved with model.save_weights(...) "
+                         "from the same architecture, 'imagenet' or None")
     return str(path)
+
+
+def _load_weights(load, path: str, what: str):
+    """``load()`` (which reads the weights file ``path``), with errors that name the file."""
+    try:
+        return load()
+    except (ValueError, KeyError, OSError, TypeError) as error:
+        raise ValueError(f"{what}: the weights in {path} do not fit this model (saved from another "
+                         f"architecture, size or number of classes?): {error}") from error
 
 
 def resnet50_backbone(image_size: int = 224, channels: int = 3, weights: str | os.PathLike | None = "imagenet"):
@@ -76,8 +100,9 @@ def resnet50_backbone(image_size: int = 224, channels: int = 3, weights: str | o
                          "and use cross_modality_init (see build_temporal_model(arch='resnet50'))")
     with warnings.catch_warnings():      # "usually expects 1 or 3 input channels": 2L is on purpose
         warnings.filterwarnings("ignore", message=".*input channels", category=UserWarning)
-        return keras.applications.ResNet50(include_top=False, weights=weights,
-                                            input_shape=(image_size, image_size, channels))
+        build = functools.partial(keras.applications.ResNet50, include_top=False, weights=weights,
+                                  input_shape=(image_size, image_size, channels))
+        return build() if weights in ("imagenet", None) else _load_weights(build, weights, "ResNet50 backbone")
 
 
 def _classifier(x, num_classes: int, dropout: float, name: str = "predictions"):
@@ -357,7 +382,8 @@ def build_temporal_model(num_classes: int, image_size: int = 224, stack_length: 
         outputs = _softmax_layer(num_classes)(x)
         model = keras.Model(inputs, outputs, name=f"temporal_cnn_m_2048_w{width:g}")
         if weights is not None:
-            model.load_weights(_check_weights_file(weights, "cnn_m_2048 temporal stream"))
+            path = _check_weights_file(weights, "cnn_m_2048 temporal stream")
+            _load_weights(lambda: model.load_weights(path), path, "cnn_m_2048 temporal stream")
         return model
 
     backbone = resnet50_backbone(image_size, channels, weights=None)

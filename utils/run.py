@@ -173,7 +173,9 @@ def resolve_parameters(args: argparse.Namespace) -> dict:
             raise FileNotFoundError(f"--dataset {dataset}: no such folder {root}")
         dataset = str(root)
     parameters["dataset"] = dataset
-    parameters.setdefault("split", 1)
+    split = parameters.setdefault("split", 1)
+    if type(split) is not int or split not in (1, 2, 3):   # not True, not 2.0
+        raise ValueError(f"-p split={split!r}: the split must be 1, 2 or 3")
     return parameters
 
 
