@@ -381,7 +381,8 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
                      f"({meta.get('flow_method', cfg.flow_method)} flow)")
         missing = {m for res in results.values() for s in res.values() for m in [s.meta.get("n_missing")] if m}
         if missing:
-            lines.append(f"- **partial test split**: {max(missing)} test videos were not extracted and were skipped")
+            lines.append(f"- **partial test split**: {max(missing)} test videos were left out (not on disk, "
+                         f"extraction failed or too short; each is named in the score files' `excluded`)")
     for protocol, res in results.items():
         for stream in STREAMS:
             if stream in res:
