@@ -1,4 +1,4 @@
-"""Tests for the teaching figures: the flow colour key, utils/plots.py, and the quiet TensorFlow import."""
+"""Tests for the teaching figures (the flow colour key, utils/plots.py) and for the quiet TensorFlow import."""
 import os
 import subprocess
 import sys
@@ -103,16 +103,13 @@ def test_stderr_without_drops_only_the_noise(capfd):
     assert capfd.readouterr().err == "kept line\n"
 
 
-@pytest.mark.slow
-def test_importing_utils_quiets_tensorflow():
-    code = "import utils, keras, os; keras.ops.ones(2) + 1; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+def test_importing_utils_sets_the_log_level_only_when_unset():
+    """(That TensorFlow then prints nothing is checked on real notebooks by tests/test_notebooks.py.)"""
+    code = ("import os, sys, utils; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], "
+            "any(type(f).__name__ == '_QuietImport' for f in sys.meta_path))")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env.update(KERAS_BACKEND="tensorflow", PYTHONPATH=str(REPO_ROOT))
-    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stdout.strip() == "3"
-    for part in ("cudart_stub", "absl::InitializeLog", "cuInit", "cpu_feature_guard"):
-        assert part not in quiet.stderr, quiet.stderr
-    chosen = subprocess.run([sys.executable, "-c", "import utils, os; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"],
-                            env={**env, "TF_CPP_MIN_LOG_LEVEL": "1"}, capture_output=True, text=True, timeout=60)
-    assert chosen.stdout.strip() == "1"   # the user's choice stands
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    for given, expected in ((None, "3 True"), ("1", "1 False"), ("3", "3 True")):
+        run_env = env if given is None else {**env, "TF_CPP_MIN_LOG_LEVEL": given}
+        done = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == expected, (given, done.stdout, done.stderr)
