@@ -87,7 +87,7 @@ def check_quiet_outputs(executed: Path, terminal: str) -> None:
         stderr = [o for c in cells for o in c["outputs"] if o.get("name") == "stderr"]
         if path.name.startswith("01_"):   # the extraction's progress bar: one output, not one per update
             assert len(stderr) <= 2, f"{path.name}: {len(stderr)} stderr outputs"
-        if path.name.startswith("03_"):   # the epoch log is printed once: no table of the same numbers after it
+        if path.name.startswith(("02_", "03_")):   # the epoch log is printed once: no table of the same numbers
             for cell in cells:
                 logged = any("Epoch 1/" in output_text(o) for o in cell["outputs"])
                 tables = [o for o in cell["outputs"] if "text/html" in o.get("data", {})]
