@@ -372,7 +372,9 @@ def test_show_batch_and_benchmark(train):
     for cls in (g.SpatialFrames, g.FlowStacks):
         x, y = cls(train, training=False, image_size=SIZE, batch_size=4)[0]
         fig = g.show_batch(x, y, ["clap", "wave"], max_items=3)
-        assert len(fig.axes) == 3 and fig.axes[1].get_title() == "wave"
+        keyed = cls is g.FlowStacks   # flow pictures come with their colour key
+        assert len(fig.axes) == 3 + keyed and fig.axes[1].get_title() == "wave"
+        assert fig.axes[-1].get_title().startswith("colour key") == keyed
         plt.close(fig)
     speed = g.benchmark_generators(train, image_size=SIZE, batch_size=2, n_batches=2, workers=2)
     assert all(speed[k] > 0 for k in ("frames_per_s", "stacks_per_s", "frames_per_s_total", "stacks_per_s_total"))

@@ -6,11 +6,13 @@ Select it with `pytest -m notebooks`; skip it with `-m "not notebooks"`.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,8 @@ from utils.config import REPO_ROOT
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
 CELLS = ("Spatial ResNet-50", "Temporal", "Fusion (average)", "Fusion (weighted, w from validation)")
+TENSORFLOW_NOISE = ("cuInit", "absl::InitializeLog", "cudart_stub", "cpu_feature_guard")
+"""Parts of TensorFlow's C++ start-up log lines, which must not reach the notebooks or the terminal."""
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
@@ -40,6 +44,7 @@ def test_quick_run_of_all_notebooks_fills_the_table(tmp_path):
     for folder in ("utils", "notebooks"):
         shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=ignore)
     env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)   # as in a user's shell: utils/ must quiet TensorFlow itself
     done = subprocess.run([sys.executable, "-m", "utils.run", "--dataset", "demo", "--quick"], cwd=repo,
                           env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
@@ -56,3 +61,34 @@ def test_quick_run_of_all_notebooks_fills_the_table(tmp_path):
     assert (repo / "report" / "results.md").read_text().startswith("# Two-stream results: demo")
     assert (repo / "report" / "results.csv").is_file()
     assert "results table:" in done.stdout and "05_fusion_whole_video.ipynb" in done.stdout
+    check_quiet_outputs(repo / "report" / "demo_split1" / "notebooks", done.stdout + done.stderr)
+
+
+def output_text(output: dict) -> str:
+    if output["output_type"] == "stream":
+        return "".join(output["text"])
+    if output["output_type"] == "error":
+        return "\n".join(output["traceback"])
+    return "".join("".join(v) if isinstance(v, list) else str(v)
+                   for k, v in output.get("data", {}).items() if k.startswith("text/"))
+
+
+def check_quiet_outputs(executed: Path, terminal: str) -> None:
+    """No TensorFlow C++ log anywhere, one progress output for the extraction, no table repeating the epoch log."""
+    for part in TENSORFLOW_NOISE:
+        assert part not in terminal, f"{part!r} in the output of utils.run"
+    for path in sorted(executed.glob("*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        for cell in cells:
+            for output in cell["outputs"]:
+                text = output_text(output)
+                noise = [part for part in TENSORFLOW_NOISE if part in text]
+                assert not noise, f"{path.name}: TensorFlow log {noise} in the outputs of {cell['source'][:1]}"
+        stderr = [o for c in cells for o in c["outputs"] if o.get("name") == "stderr"]
+        if path.name.startswith("01_"):   # the extraction's progress bar: one output, not one per update
+            assert len(stderr) <= 2, f"{path.name}: {len(stderr)} stderr outputs"
+        if path.name.startswith(("02_", "03_")):   # the epoch log is printed once: no table of the same numbers
+            for cell in cells:
+                logged = any("Epoch 1/" in output_text(o) for o in cell["outputs"])
+                tables = [o for o in cell["outputs"] if "text/html" in o.get("data", {})]
+                assert not (logged and tables), f"{path.name}: a table repeats the epoch log"

@@ -48,7 +48,7 @@ from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm   # a widget in Jupyter (one output, not one per update), text in a terminal
 
 from utils.flow import FLOW_BOUND, check_flow_method, get_flow_method, make_video_flow, quantize_flow
 

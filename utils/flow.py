@@ -105,6 +105,23 @@ def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.nd
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
+def flow_colour_key(size: int = 65) -> np.ndarray:
+    """The key of :func:`flow_to_color`: a disc (uint8 RGB, white outside) whose every pixel has the
+    colour of flow pointing from the centre to it; the rim is the brightest speed (``max_magnitude``)."""
+    ys, xs = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    key = flow_to_color(np.stack([xs, ys], axis=-1), max_magnitude=1.0)
+    key[np.hypot(xs, ys) >= 1] = 255
+    return key
+
+
+def draw_flow_colour_key(ax, max_magnitude: float | None = None, fontsize: float = 8) -> None:
+    """Draw :func:`flow_colour_key` into matplotlib axes ``ax``, with the speed of its rim in px per frame."""
+    ax.imshow(flow_colour_key())
+    rim = "" if max_magnitude is None else f"\nrim = {max_magnitude:.3g} px/frame"
+    ax.set_title(f"colour key{rim}", fontsize=fontsize)
+    ax.axis("off")
+
+
 # --- ground truth and error --------------------------------------------------------------------
 def read_flo(path: str | Path) -> np.ndarray:
     """Read a Middlebury ``.flo`` file as float32[H, W, 2] (unknown pixels keep values > 1e9)."""

@@ -62,7 +62,7 @@ import cv2
 import keras
 import numpy as np
 
-from utils.flow import FLOW_BOUND, dequantize_flow, flow_to_color
+from utils.flow import FLOW_BOUND, dequantize_flow, draw_flow_colour_key, flow_to_color
 
 TRAIN_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)   # crop side / short side, TSN's multi-scale crop
 EVAL_CROP_SCALE = 0.875                        # deterministic centre crop at evaluation
@@ -496,14 +496,22 @@ def show_batch(x: np.ndarray, y: np.ndarray, class_names: Sequence[str] | None =
     """Matplotlib figure of the first ``max_items`` inputs of a batch with their labels.
 
     Frames (3 channels) are shown after :func:`undo_preprocessing`; flow stacks (2L channels)
-    as the colour picture of flow pair ``pair`` (hue = direction, brightness = speed).
+    as the colour picture of flow pair ``pair`` (hue = direction, brightness = speed), all on one
+    speed scale (the 99th percentile of the batch's), with the colour key.
     """
     import matplotlib.pyplot as plt
 
     n = min(max_items, len(x))
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), squeeze=False)
+    is_flow = x.shape[-1] != 3
+    key = [0.6] if is_flow else []
+    fig, axes = plt.subplots(1, n + len(key), figsize=(2.2 * (n + sum(key)), 2.6), squeeze=False,
+                             width_ratios=[1] * n + key)
+    if is_flow:
+        speed = np.hypot(x[:n, ..., 2 * pair], x[:n, ..., 2 * pair + 1]) * FLOW_BOUND
+        scale = max(float(np.percentile(speed, 99)), 1e-6)
+        draw_flow_colour_key(axes[0, -1], scale)
     for ax, xi, yi in zip(axes[0], x[:n], y[:n]):
-        picture = undo_preprocessing(xi) if xi.shape[-1] == 3 else flow_stack_to_color(xi, pair)
+        picture = flow_stack_to_color(xi, pair, scale) if is_flow else undo_preprocessing(xi)
         ax.imshow(picture)
         ax.set_title(class_names[int(yi)] if class_names is not None else str(int(yi)), fontsize=8)
         ax.axis("off")

@@ -1,17 +1,22 @@
 """Small figures for the training notebooks (02, 03): predictions on inputs, flow stacks, learning rates.
 
 Frames are shown after undoing the ResNet preprocessing; flow stacks as colour pictures
-(hue = direction, brightness = speed; see :func:`utils.flow.flow_to_color`).
+(hue = direction, brightness = speed; see :func:`utils.flow.flow_to_color`), always with their
+colour key (:func:`utils.flow.draw_flow_colour_key`) and one speed scale per figure.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
-from utils.flow import FLOW_BOUND
-from utils.generators import flow_stack_to_color, undo_preprocessing
+from utils.evaluation import one_frame_start
+from utils.flow import FLOW_BOUND, draw_flow_colour_key
+from utils.generators import flow_stack_to_color, read_flow_stack, undo_preprocessing
+
+KEY_WIDTH = 0.6   # width of the colour-key column, relative to a picture
 
 
 def input_picture(x: np.ndarray, pair: int = 0, max_magnitude: float | None = None) -> np.ndarray:
@@ -21,42 +26,103 @@ def input_picture(x: np.ndarray, pair: int = 0, max_magnitude: float | None = No
     return flow_stack_to_color(x, pair, max_magnitude)
 
 
+def flow_speed_scale(stacks: Sequence[np.ndarray], pairs: Sequence[int] | None = None) -> float:
+    """One colour scale for network-ready flow stacks: the 99th percentile of their speed, in px per frame.
+
+    ``pairs``: the flow pairs (0-based) that will be shown (default: all).
+    """
+    k = slice(None) if pairs is None else list(pairs)
+    speeds = [np.hypot(stack[..., 0::2][..., k], stack[..., 1::2][..., k]).ravel() for stack in stacks]
+    return max(float(np.percentile(np.concatenate(speeds), 99)), 1e-6) * FLOW_BOUND   # stacks: units of 20 px
+
+
 def predictions_figure(x: np.ndarray, labels: Sequence[int], scores: np.ndarray, class_names: Sequence[str],
                        max_items: int = 8, pair: int | None = None) -> Figure:
     """Inputs with their true class and the predicted one (green: right, red: wrong) and its probability.
 
-    ``pair``: which flow pair of a stack to show (default: the middle one).
+    Flow stacks show flow pair ``pair`` (default: the middle one) on one colour scale, with the key.
     """
     n = min(max_items, len(x))
-    fig = Figure(figsize=(2.3 * n, 2.9))
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    is_flow = x.shape[-1] != 3
+    k = (x.shape[-1] // 4 if pair is None else pair) if is_flow else 0
+    scale = flow_speed_scale(x[:n], [k]) if is_flow else None
+    fig = Figure(figsize=(2.3 * (n + KEY_WIDTH * is_flow), 2.9))
+    axes = fig.subplots(1, n + is_flow, squeeze=False, width_ratios=[1] * n + [KEY_WIDTH] * is_flow)[0]
     for ax, xi, yi, si in zip(axes, x[:n], labels[:n], scores[:n]):
-        k = (xi.shape[-1] // 4) if pair is None else pair
         predicted = int(np.argmax(si))
-        ax.imshow(input_picture(xi, k))
+        ax.imshow(input_picture(xi, k, scale))
         ax.set_title(f"true: {class_names[int(yi)]}\npred: {class_names[predicted]} ({si[predicted]:.2f})",
                      fontsize=8, color="green" if predicted == int(yi) else "red")
         ax.axis("off")
+    if is_flow:
+        draw_flow_colour_key(axes[-1], scale)
     fig.tight_layout()
     return fig
 
 
 def flow_stack_figure(stacks: dict[str, np.ndarray], pairs: Sequence[int] | None = None) -> Figure:
-    """One row per named flow stack ``[S, S, 2L]``, one column per flow pair, on a common colour scale."""
+    """One row per named flow stack ``[S, S, 2L]``, one column per flow pair, on a common colour scale (keyed)."""
     first = next(iter(stacks.values()))
     length = first.shape[-1] // 2
     pairs = list(pairs) if pairs is not None else sorted({0, length // 2, length - 1})
-    magnitude = max(float(np.percentile(np.hypot(s[..., 0::2], s[..., 1::2]), 99)) for s in stacks.values())
-    magnitude = max(magnitude, 1e-6) * FLOW_BOUND   # stacks are in units of FLOW_BOUND px; colours use pixels
-    fig = Figure(figsize=(2.4 * len(pairs), 2.5 * len(stacks)))
-    axes = fig.subplots(len(stacks), len(pairs), squeeze=False)
+    scale = flow_speed_scale(list(stacks.values()), pairs)
+    fig = Figure(figsize=(2.4 * (len(pairs) + KEY_WIDTH), 2.5 * len(stacks)))
+    axes = fig.subplots(len(stacks), len(pairs) + 1, squeeze=False, width_ratios=[1] * len(pairs) + [KEY_WIDTH])
     for row, (name, stack) in zip(axes, stacks.items()):
         for ax, k in zip(row, pairs):
-            ax.imshow(flow_stack_to_color(stack, k, magnitude))
+            ax.imshow(flow_stack_to_color(stack, k, scale))
             ax.set_title(f"{name}: flow {k + 1}/{length}", fontsize=8)
             ax.axis("off")
+        row[-1].axis("off")
+    draw_flow_colour_key(axes[0, -1], scale)
     fig.tight_layout()
     return fig
+
+
+def flow_channels_figure(frame: np.ndarray, stack: np.ndarray, pair: int = 0, title: str = "") -> Figure:
+    """A frame next to channels x and y of flow pair ``pair`` of a network-ready stack, in px per frame.
+
+    Both channels share one symmetric colour scale (the 99.5th percentile of their absolute values),
+    shown by a colour bar: red = right / down, blue = left / up, white = the image's mean motion.
+    """
+    channels = stack[..., 2 * pair:2 * pair + 2] * np.float32(FLOW_BOUND)   # units of 20 px -> px
+    limit = max(float(np.percentile(np.abs(channels), 99.5)), 0.01)
+    fig = Figure(figsize=(10, 3.1), layout="constrained")
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(frame)
+    axes[0].set_title("frame", fontsize=9)
+    for ax, c, axis, positive in zip(axes[1:], range(2), "xy", ("right", "down")):
+        image = ax.imshow(channels[..., c], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"channel {axis}{pair + 1} ({positive} +)", fontsize=9)
+    bar = fig.colorbar(image, ax=list(axes[1:]), shrink=0.9)
+    bar.set_label("px per frame, minus the mean", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def horizontal_motion_example(rows: pd.DataFrame, stack_length: int, candidates: int = 8) -> pd.Series:
+    """A clip that moves sideways, for showing the flip (mirrored, vertical motion looks the same).
+
+    The first clip of a demo ``*_sideways`` class if there is one; otherwise, among the first clip of
+    each of the first ``candidates`` classes, the one whose middle flow stack has the largest mean
+    ``|x|`` after removing each channel's mean (camera motion).
+    """
+    sideways = rows[rows["class_name"].str.endswith("_sideways") & (rows["n_flows"] >= stack_length)]
+    if len(sideways):
+        return sideways.iloc[0]
+    pool = rows[rows["n_flows"] >= stack_length].groupby("class_name", sort=False).head(1).head(candidates)
+    if pool.empty:
+        raise ValueError(f"no clip has {stack_length} flows: run notebook 01 (extraction) first")
+
+    def mean_abs_x(row) -> float:
+        start = one_frame_start(int(row["n_flows"]), stack_length)
+        x = read_flow_stack(row["frames_path"], start, stack_length)[..., 0::2]
+        return float(np.abs(x - x.mean(axis=(0, 1))).mean())
+
+    return pool.loc[pool.apply(mean_abs_x, axis=1).idxmax()]
 
 
 def learning_rate_figure(history) -> Figure:
