@@ -160,6 +160,23 @@ def test_clips_of_a_source_share_their_background():
     assert np.isclose(render_luma_and_chroma(other)[0][0], render_luma_and_chroma(pairs[0][0])[0][0]).mean() < 0.1
 
 
+def test_a_stream_has_nothing_to_learn_about_the_factor_it_cannot_see():
+    """In a source, the three colours of a motion are one clip in grayscale (the temporal stream's
+    input), and "down" is "up" played backwards (the same frames for the spatial stream)."""
+    import cv2
+
+    specs = {(s.source, s.class_name): s for s in plan_clips(0)}
+    static = sorted({s.source for s in specs.values() if s.camera_velocity == (0.0, 0.0)})
+    assert len(static) >= 5
+    for source in static[:3]:
+        gray = {name: np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in render_clip(specs[source, name])])
+                for name in ("red_up", "green_up", "blue_up", "red_down", "red_sideways")}
+        for other in ("green_up", "blue_up"):
+            assert np.abs(gray[other].astype(int) - gray["red_up"]).max() <= 2, (source, other)
+        assert np.abs(gray["red_down"][::-1].astype(int) - gray["red_up"]).max() <= 2, source
+        assert np.abs(gray["red_sideways"].astype(int) - gray["red_up"]).max() > 20      # it does move otherwise
+
+
 def test_index_from_utils_dataset(demo):
     dataset = pytest.importorskip("utils.dataset")
     root, _ = demo
@@ -223,6 +240,21 @@ def test_ensure_warns_about_a_demo_dataset_from_other_settings(tmp_path):
     make_demo_dataset(root, seed=0, **SMALL)
     with pytest.warns(UserWarning, match="--overwrite"):
         assert ensure_demo_dataset(Config(dataset=str(root))) == root
+
+
+def test_ensure_replaces_a_demo_dataset_of_an_older_generator(tmp_path, capsys):
+    import json
+
+    root = tmp_path / "demo"
+    make_demo_dataset(root, seed=0, **SMALL)
+    (root / "rawframes" / "old").mkdir(parents=True)
+    manifest = json.loads((root / "demo_dataset.json").read_text())
+    (root / "demo_dataset.json").write_text(json.dumps({**manifest, "version": manifest["version"] - 1}))
+    assert ensure_demo_dataset(Config(dataset=str(root))) == root
+    assert "making version" in capsys.readouterr().out
+    assert json.loads((root / "demo_dataset.json").read_text())["options"]["clips_per_class"] == \
+        DEFAULT_OPTIONS["clips_per_class"]
+    assert not (root / "rawframes").exists()
 
 
 def test_ensure_refuses_to_fake_hmdb51(monkeypatch, tmp_path):
@@ -299,7 +331,8 @@ def test_nuisances_do_not_depend_on_the_class():
             spread = np.std([getattr(s, field) for s in specs])
             assert np.ptp(means) < spread, field  # group means agree within one overall std
     for s in specs:
-        assert 0 <= s.start[0] < width and 0 <= s.start[1] < height
+        half = (s.n_frames - 1) / 2                   # the square is in the frame at the clip's middle
+        assert 0 <= s.start[0] + s.velocity[0] * half < width and 0 <= s.start[1] + s.velocity[1] * half < height
         vx, vy = s.velocity
         motion = demo_class_factors(s.class_name)[1]
         assert {"up": vy < -abs(vx), "down": vy > abs(vx), "sideways": abs(vx) > abs(vy)}[motion]

@@ -62,6 +62,28 @@ def test_quick_run_of_all_notebooks_fills_the_table(tmp_path):
     assert (repo / "report" / "results.csv").is_file()
     assert "results table:" in done.stdout and "05_fusion_whole_video.ipynb" in done.stdout
     check_quiet_outputs(repo / "report" / "demo_split1" / "notebooks", done.stdout + done.stderr)
+    check_each_stream_learned_its_factor(repo / "report" / "demo_split1" / "scores")
+
+
+def check_each_stream_learned_its_factor(scores_dir: Path) -> None:
+    """More than numbers in a table: the spatial stream must know the colour, the temporal stream the
+    motion (chance: 1/3), each at chance on the other factor, under both protocols. A flow stack in the
+    wrong order, axes swapped at test time or a vertical "horizontal" flip break the motion; fusion
+    must use both."""
+    from utils.demo_data import factor_accuracy
+    from utils.evaluation import average_fusion, load_scores
+
+    for protocol in ("one_frame", "whole_video"):
+        scores = {stream: load_scores(scores_dir / f"{stream}_{protocol}.npz") for stream in ("spatial", "temporal")}
+        factors = {name: factor_accuracy(s.class_names, s.label, s.predicted) for name, s in scores.items()}
+        assert len(scores["spatial"]) == 36, protocol                     # the whole test split
+        assert factors["temporal"]["motion"] >= 0.8, (protocol, factors)
+        assert factors["spatial"]["colour"] >= 0.6, (protocol, factors)
+        for name, factor in (("spatial", "motion"), ("temporal", "colour")):
+            assert factors[name][factor] <= 0.6, (protocol, name, factors)   # what it cannot see
+        fused = average_fusion(scores["spatial"], scores["temporal"])
+        both = factor_accuracy(fused.class_names, fused.label, fused.predicted)
+        assert both["colour"] > factors["temporal"]["colour"] and both["motion"] > factors["spatial"]["motion"], both
 
 
 def output_text(output: dict) -> str:

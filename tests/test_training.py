@@ -183,6 +183,30 @@ def test_a_crash_while_saving_never_replaces_a_good_checkpoint(tmp_path, monkeyp
         training.check_keras_file(tmp_path / "history.csv")
 
 
+def test_final_fit_on_train_and_val_for_the_chosen_epochs(tmp_path):
+    train, val = _arrays(8), _arrays(4, seed=1)
+    kw = dict(learning_rate=0.05, batch_size=4, verbose=0)
+    history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=3, patience=None, **kw)
+    chosen = training.refit_epochs(tmp_path)
+    assert chosen == int(history["val_accuracy"].to_numpy().argmax()) + 1
+    both = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    refit_dir = tmp_path / training.REFIT_DIR
+    refit = training.train_temporal(_tiny_temporal(), both, None, refit_dir, epochs=chosen, patience=None, **kw)
+    assert refit["epoch"].tolist() == list(range(chosen)) and refit["val_accuracy"].isna().all()
+    assert (refit_dir / "last.keras").is_file() and not (refit_dir / "best.keras").exists()
+    assert training.read_state(refit_dir)["settings"]["val_data"] is None
+    with pytest.raises(ValueError, match="early stopping needs val_ds"):
+        training.train_temporal(_tiny_temporal(), both, None, tmp_path / "x", epochs=1, patience=2, **kw)
+    with pytest.raises(FileNotFoundError, match="no validated epochs"):
+        training.refit_epochs(refit_dir)
+
+    from utils import evaluation as ev
+    from utils.config import Config
+    cfg = Config(dataset="demo")
+    assert ev.checkpoint_path(cfg, "temporal", "refit") == cfg.stream_dir("temporal") / "refit" / "last.keras"
+    assert ev.validation_checkpoint("refit") == "best" and ev.validation_checkpoint("last") == "last"
+
+
 def test_weight_decay_follows_the_papers_rule():
     """L2 5e-4 in the gradient, through momentum 0.9 (Caffe/PyTorch), on kernels only."""
     keras.utils.set_random_seed(0)

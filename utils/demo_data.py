@@ -6,27 +6,29 @@ product of two factors:
 * **appearance** - the square's colour: ``red``, ``green`` or ``blue``, all of the *same
   luma* (brightness), so the three colours look identical in grayscale;
 * **motion** - where the square goes: ``up``, ``down`` or ``sideways`` (left or right, drawn
-  at random per clip, so a horizontal flip never changes the class).
+  at random per source, so a horizontal flip never changes the class).
 
 That makes nine classes such as ``red_up`` or ``blue_sideways``, and neither stream of a
 two-stream network can solve the task alone:
 
-* one RGB frame tells the colour but not the motion (the square starts anywhere and wraps
-  around the frame edges, so its position says nothing about where it goes; no motion blur);
+* one RGB frame tells the colour but not the motion (no motion blur; see below for positions);
 * optical flow is computed on grayscale frames, where the colours vanish, so it tells the
   motion but not the colour.
 
 Each stream alone should reach about 1/3 accuracy; fused, close to 100 %.
 
-Everything else is a nuisance drawn per clip independently of the class: speed, size and
-texture of the square, its grayscale brightness, start position, clip length, JPEG quality,
-a slow camera drift on some clips. The background is grey (all colour in a frame is the
-square's) and belongs to a *source*: like a film that gives HMDB51 clips of many actions,
-each source holds one clip of every class on its own background. So the background tells a
-network which source a clip comes from but nothing about its class - a network that
-memorises backgrounds gains nothing on new sources - and the grouped train/validation
-carve-out of :mod:`utils.dataset` has real work to do (a source spans all classes); the
-official-style split files keep each source on one side.
+Everything else is a nuisance that does not depend on the class: speed, size and texture of
+the square, its grayscale brightness, where it passes, clip length, JPEG quality, a slow camera
+drift on some clips. It belongs to a *source*: like a film in which one actor performs every
+action of HMDB51, each source holds one clip of every class on its own grey background (all
+colour in a frame is the square's), and its nine clips share every nuisance. They differ only in
+the two factors: the three colours of one motion are then the same clip in grayscale, and the
+three motions of one colour pass through the same point at the middle of the clip, "down" being
+"up" played backwards. So a stream has nothing to learn about the factor it cannot see, not even
+by memorising its training clips, and its best answer there is "equally likely": what averaging
+the two streams' scores needs. The background says which source a clip comes from, never its
+class, and the grouped train/validation carve-out of :mod:`utils.dataset` has real work to do
+(a source spans all classes); the official-style split files keep each source on one side.
 
 Files follow HMDB51 exactly::
 
@@ -335,7 +337,6 @@ def plan_clips(seed: int = 0, **size_options) -> list[ClipSpec]:
             n_frames=int(rng.integers(options["frames"][0], options["frames"][1] + 1)),
             side=int(round(rng.uniform(*_OBJECT_SIDE) * short)),
             luma_mean=background_luma + contrast, luma_std=float(rng.uniform(14, 26)),
-            start=(float(rng.uniform(0, width)), float(rng.uniform(0, height))),
             camera_velocity=(camera_speed * np.cos(camera_angle), camera_speed * np.sin(camera_angle)),
             jpeg_quality=_JPEG_QUALITY[quality], texture_seed=int(rng.integers(2**31)),
             background_seed=background_seed, background_luma=background_luma, background_margin=margin,
@@ -343,16 +344,27 @@ def plan_clips(seed: int = 0, **size_options) -> list[ClipSpec]:
                   str(rng.choice(["fr", "ba", "le", "ri"])), quality),
         )
         speed = rng.uniform(*_SPEED) * short
-        directions = {motion: float(rng.choice(angles)) + rng.uniform(-_DIRECTION_JITTER, _DIRECTION_JITTER)
-                      for motion, angles in MOTIONS.items()}
+        # Where the square is at the middle of every clip of the source. Each motion's clips pass
+        # through it at the middle frame: "down" is "up" played backwards (the same frames in the
+        # other order), and "sideways" (left or right) goes through it across. So a single frame
+        # says nothing about whether the square goes up or down, even to a network that memorised
+        # the training clips.
+        middle = (float(rng.uniform(0, width)), float(rng.uniform(0, height)))
+        vertical = -90.0 + rng.uniform(-_DIRECTION_JITTER, _DIRECTION_JITTER)
+        directions = {"up": vertical, "down": vertical + 180.0,
+                      "sideways": float(rng.choice(MOTIONS["sideways"])) + rng.uniform(-_DIRECTION_JITTER,
+                                                                                       _DIRECTION_JITTER)}
+        half = (actor["n_frames"] - 1) / 2
         for class_index, (class_name, factors) in enumerate(DEMO_CLASSES.items()):
             clip_rng = np.random.default_rng([seed, 1, number, class_index])
             angle = np.deg2rad(directions[factors["motion"]])
+            velocity = (speed * np.cos(angle), speed * np.sin(angle))
             specs.append(ClipSpec(
                 class_name=class_name, **actor,
                 hue=APPEARANCES[factors["appearance"]] + clip_rng.uniform(-_HUE_JITTER, _HUE_JITTER),
                 chroma=clip_rng.uniform(*_CHROMA),
-                velocity=(speed * np.cos(angle), speed * np.sin(angle)),
+                start=(middle[0] - velocity[0] * half, middle[1] - velocity[1] * half),
+                velocity=velocity,
             ))
     specs.sort(key=lambda spec: (list(DEMO_CLASSES).index(spec.class_name), spec.source))
     return specs
@@ -477,12 +489,18 @@ def ensure_demo_dataset(cfg: Config) -> Path:
     """Make the demo dataset at ``cfg.data_root`` if its ``splits/`` folder is missing; return the root.
 
     The demo dataset is always made with seed 0 (``cfg.seed`` seeds training, not the data).
-    A demo dataset made by another version of this generator is kept, with a warning.
+    A demo dataset made by an *older version* of this generator is replaced (its extracted frames
+    too), with a message; one made with other settings by this version is kept, with a warning.
     """
     root = cfg.data_root
     if (root / "splits").is_dir():
         existing = _read_manifest(root)
-        if existing and existing != _manifest(0, _options({})) and existing.get("generator") == "utils.demo_data":
+        ours = bool(existing) and existing.get("generator") == "utils.demo_data"
+        if ours and int(existing.get("version", 0)) < GENERATOR_VERSION:
+            print(f"{root} holds the demo dataset of generator version {existing.get('version')}; making "
+                  f"version {GENERATOR_VERSION} in its place (its extracted frames are removed too)")
+            make_demo_dataset(root, seed=0, overwrite=True)
+        elif ours and existing != _manifest(0, _options({})):
             warnings.warn(f"{root} holds a demo dataset made with other settings than the current "
                           f"defaults ({existing}); to remake it (extracted frames included), run "
                           f"`python -m utils.demo_data --root {root} --overwrite`", stacklevel=2)

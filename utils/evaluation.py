@@ -468,10 +468,19 @@ def index_class_names(index: pd.DataFrame) -> list[str]:
 
 
 def checkpoint_path(cfg: Config, stream: str, checkpoint: str = "best") -> Path:
-    """``models/<run>/<stream>/best.keras`` (or ``last``), or a given ``.keras`` path."""
+    """``models/<run>/<stream>/best.keras`` (``"best"``), ``last.keras`` (``"last"``), the final fit on
+    train + val ``refit/last.keras`` (``"refit"``), or a given ``.keras`` path."""
     if checkpoint in ("best", "last"):
         return Path(cfg.stream_dir(stream)) / f"{checkpoint}.keras"
+    if checkpoint == "refit":
+        return Path(cfg.stream_dir(stream)) / "refit" / "last.keras"
     return Path(checkpoint)
+
+
+def validation_checkpoint(checkpoint: str) -> str:
+    """The checkpoint whose validation scores choose the fusion weight: a final fit on train + val has
+    seen the validation videos, so its weight comes from the validated run (``"best"``)."""
+    return "best" if checkpoint == "refit" else checkpoint
 
 
 def load_stream_model(path: str | os.PathLike, stream: str | None = None):

@@ -227,7 +227,9 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, kernel_name: st
                                    kernel_name=kernel_name, cwd=str(notebook.parent),
                                    progress_bar=False, log_output=log_output,
                                    stdout_file=sys.stdout if log_output else None,
-                                   stderr_file=sys.stderr if log_output else None)
+                                   stderr_file=sys.stderr if log_output else None,
+                                   # no "Kernel is running over TCP without encryption" per notebook
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as error:
         source = (error.source or "").strip().splitlines()
         first_line = source[0] if source else ""
@@ -310,7 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = {k: v for k, v in parameters.items() if k not in ("dataset", "split")}
     if shown:
         print(f"parameters: {shown}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: no TensorFlow chatter
     try:
         check_kernel(args.kernel)
         started, started_wall = time.perf_counter(), time.time()

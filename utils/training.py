@@ -258,13 +258,40 @@ def make_optimizer(name: str = "sgd", learning_rate: float = 0.01, weight_decay:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
+@keras.saving.register_keras_serializable(package="two_stream")
+class SparseCrossentropyWithSmoothing(keras.losses.Loss):
+    """Cross-entropy against integer labels smoothed towards uniform (Szegedy et al. 2016): the target
+    is ``1 - s + s/K`` for the labelled class and ``s/K`` for each of the others.
+
+    A network can then not drive any class's probability to zero, so on inputs that cannot tell some
+    classes apart it cannot run away to one of them (Keras' ``SparseCategoricalCrossentropy`` has no
+    smoothing; ``CategoricalCrossentropy(label_smoothing=...)`` needs one-hot labels).
+    """
+
+    def __init__(self, label_smoothing: float = 0.1, name: str = "smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        n_classes = keras.ops.shape(y_pred)[-1]
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        target = keras.ops.one_hot(labels, n_classes, dtype=y_pred.dtype)
+        target = target * (1.0 - self.label_smoothing) + self.label_smoothing / keras.ops.cast(n_classes, y_pred.dtype)
+        return keras.losses.categorical_crossentropy(target, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
 def compile_model(model, optimizer: str = "sgd", learning_rate: float = 0.01, weight_decay: float = 5e-4,
-                  jit_compile: bool | str = "auto", run_eagerly: bool = False):
-    """Compile with sparse categorical cross-entropy, top-1 ``accuracy`` and ``top5_accuracy``."""
+                  jit_compile: bool | str = "auto", run_eagerly: bool = False, label_smoothing: float = 0.0):
+    """Compile with (optionally label-smoothed) cross-entropy, top-1 ``accuracy`` and ``top5_accuracy``."""
     num_classes = int(model.output_shape[-1])
     k = min(5, num_classes)
+    loss = (SparseCrossentropyWithSmoothing(label_smoothing) if label_smoothing
+            else keras.losses.SparseCategoricalCrossentropy())
     model.compile(optimizer=make_optimizer(optimizer, learning_rate, weight_decay),
-                  loss=keras.losses.SparseCategoricalCrossentropy(),
+                  loss=loss,
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                            keras.metrics.SparseTopKCategoricalAccuracy(k=k, name=f"top{k}_accuracy")],
                   jit_compile=jit_compile, run_eagerly=run_eagerly)
@@ -581,7 +608,7 @@ class _Commit(keras.callbacks.Callback):
 
 
 def _callbacks(out_dir: Path, phase: str, state: dict | None, settings: dict, schedule: list[dict],
-               patience: int | None, monitor: str = "val_accuracy") -> list:
+               patience: int | None, monitor: str = "val_accuracy", validated: bool = True) -> list:
     early_stopping = None
     callbacks = [_EpochInfo(phase), keras.callbacks.LearningRateScheduler(segment_schedule(schedule))]
     if patience is not None:
@@ -590,10 +617,11 @@ def _callbacks(out_dir: Path, phase: str, state: dict | None, settings: dict, sc
             monitor=monitor, mode="max", patience=int(patience), restore_best_weights=False,
             resume_from=saved if saved and saved.get("phase") == phase else None)
         callbacks.append(early_stopping)
+    if validated:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            out_dir / _tmp_name(BEST_FILE), monitor=monitor, mode="max", save_best_only=True,
+            initial_value_threshold=None if state is None else state.get("best")))
     callbacks += [
-        keras.callbacks.ModelCheckpoint(out_dir / _tmp_name(BEST_FILE), monitor=monitor, mode="max",
-                                        save_best_only=True,
-                                        initial_value_threshold=None if state is None else state.get("best")),
         keras.callbacks.ModelCheckpoint(out_dir / _tmp_name(LAST_FILE), save_best_only=False),
         keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=True),
         _Commit(out_dir, phase, monitor, settings, schedule, early_stopping),
@@ -649,9 +677,10 @@ def _start(out_dir, resume: bool, settings: dict) -> tuple[Path, dict | None]:
     return out_dir, state
 
 
-def _check_validation(val_ds) -> None:
-    if val_ds is None:
-        raise ValueError("val_ds is required: the best checkpoint, early stopping and the curves use it")
+def _check_validation(val_ds, patience) -> None:
+    if val_ds is None and patience is not None:
+        raise ValueError("early stopping needs val_ds; a final fit without validation (see refit_epochs) "
+                         "takes patience=None")
 
 
 # ----------------------------------------------------------------------------------------
@@ -661,7 +690,8 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
                    optimizer: str = "sgd", weight_decay: float = 5e-4, patience: int | None = 10,
                    resume: bool = True, seed: int | None = 0, batch_size: int | None = None,
                    steps_per_epoch: int | None = None, jit_compile: bool | str = "auto",
-                   run_eagerly: bool = False, run_info: dict | None = None, verbose=2) -> pd.DataFrame:
+                   run_eagerly: bool = False, label_smoothing: float = 0.0, run_info: dict | None = None,
+                   verbose=2) -> pd.DataFrame:
     """Train the temporal stream for ``epochs`` epochs in total (resuming a previous run in ``out_dir``).
 
     Args:
@@ -678,18 +708,20 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
             (other settings are refused); ``False`` starts over.
         seed: ``keras.utils.set_random_seed`` before training (``None``: leave the RNGs alone).
         jit_compile, run_eagerly: passed to ``compile`` (XLA is used by default on GPUs).
+        label_smoothing: see :class:`SparseCrossentropyWithSmoothing` (0: plain cross-entropy).
         run_info: more settings to record and check on resume (e.g. the flow method).
         verbose: ``fit``'s verbosity (2: one line per epoch, good for notebooks and logs).
 
     Returns ``history.csv`` as a DataFrame (all epochs so far, resumed ones included).
     """
-    _check_validation(val_ds)
+    _check_validation(val_ds, patience)
     settings = run_settings(model, train_ds, val_ds, optimizer=optimizer, learning_rate=learning_rate,
-                            weight_decay=weight_decay, patience=patience, seed=seed, run_info=run_info or {})
+                            weight_decay=weight_decay, patience=patience, seed=seed,
+                            label_smoothing=label_smoothing, run_info=run_info or {})
     out_dir, state = _start(out_dir, resume, settings)
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
-    compile_model(model, optimizer, learning_rate, weight_decay, jit_compile, run_eagerly)
+    compile_model(model, optimizer, learning_rate, weight_decay, jit_compile, run_eagerly, label_smoothing)
     done = 0
     if state is not None:
         restore_checkpoint(model, out_dir / LAST_FILE)
@@ -702,7 +734,7 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
     if done:
         print(f"resuming {out_dir} at epoch {done + 1}/{epochs}")
     schedule = _phase_segments(state, "train", learning_rate, 0, epochs, done, out_dir)
-    callbacks = _callbacks(out_dir, "train", state, settings, schedule, patience)
+    callbacks = _callbacks(out_dir, "train", state, settings, schedule, patience, validated=val_ds is not None)
     _fit(model, train_ds, val_ds, initial_epoch=done, epochs=epochs, callbacks=callbacks,
          batch_size=batch_size, steps_per_epoch=steps_per_epoch, verbose=verbose)
     return read_history(out_dir)
@@ -716,8 +748,8 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
                   unfreeze_from: str = "conv1", *, train_batchnorm: bool = False, optimizer: str = "sgd",
                   weight_decay: float = 5e-4, patience: int | None = 5, resume: bool = True,
                   seed: int | None = 0, batch_size: int | None = None, steps_per_epoch: int | None = None,
-                  jit_compile: bool | str = "auto", run_eagerly: bool = False, run_info: dict | None = None,
-                  verbose=2) -> pd.DataFrame:
+                  jit_compile: bool | str = "auto", run_eagerly: bool = False, label_smoothing: float = 0.0,
+                  run_info: dict | None = None, verbose=2) -> pd.DataFrame:
     """Fine-tune the spatial stream: ``warmup_epochs`` of the head alone, then ``finetune_epochs`` of more.
 
     Phase ``"warmup"`` (epochs ``0 .. warmup_epochs-1``): backbone frozen, head trained at
@@ -729,13 +761,14 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
     :func:`train_temporal`, across the phase boundary; more ``finetune_epochs`` than before
     extend the run. Other arguments as there (``run_info``: e.g. the backbone's initial weights).
     """
-    _check_validation(val_ds)
+    _check_validation(val_ds, patience)
     if warmup_epochs < 0 or finetune_epochs < 0:
         raise ValueError("warmup_epochs and finetune_epochs must be >= 0")
     settings = run_settings(model, train_ds, val_ds, warmup_epochs=warmup_epochs,
                             head_learning_rate=head_learning_rate, finetune_learning_rate=finetune_learning_rate,
                             unfreeze_from=unfreeze_from, train_batchnorm=train_batchnorm, optimizer=optimizer,
-                            weight_decay=weight_decay, patience=patience, seed=seed, run_info=run_info or {})
+                            weight_decay=weight_decay, patience=patience, seed=seed,
+                            label_smoothing=label_smoothing, run_info=run_info or {})
     out_dir, state = _start(out_dir, resume, settings)
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
@@ -743,7 +776,7 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
     done = 0 if state is None else int(state["epochs_done"])
     if state is not None and (done >= total or state.get("stopped_early")):
         _restore_for_phase(model, out_dir, state, unfreeze_from, train_batchnorm, optimizer, weight_decay,
-                           head_learning_rate, finetune_learning_rate, jit_compile, run_eagerly)
+                           head_learning_rate, finetune_learning_rate, jit_compile, run_eagerly, label_smoothing)
         why = "early stopping ended it" if state.get("stopped_early") else "all epochs are done"
         print(f"{out_dir}: {why} after {done} epochs; model loaded from {LAST_FILE} (resume=False starts over)")
         return read_history(out_dir)
@@ -753,19 +786,19 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
     warmed_up_here = done < warmup_epochs
     if warmed_up_here:
         models.freeze_backbone(model)
-        compile_model(model, optimizer, head_learning_rate, weight_decay, jit_compile, run_eagerly)
+        compile_model(model, optimizer, head_learning_rate, weight_decay, jit_compile, run_eagerly, label_smoothing)
         if done:
             restore_checkpoint(model, out_dir / LAST_FILE)
             print(f"resuming {out_dir} in the warm-up at epoch {done + 1}/{total}")
         schedule = _phase_segments(state, "warmup", head_learning_rate, 0, warmup_epochs, done, out_dir)
-        callbacks = _callbacks(out_dir, "warmup", state, settings, schedule, None)
+        callbacks = _callbacks(out_dir, "warmup", state, settings, schedule, None, validated=val_ds is not None)
         _fit(model, train_ds, val_ds, initial_epoch=done, epochs=warmup_epochs, callbacks=callbacks, **fit)
         state = read_state(out_dir)
         done = int(state["epochs_done"])
 
     # Phase 2: fine-tuning. A fresh optimizer at the boundary; the saved one when resuming inside.
     models.unfreeze_backbone(model, unfreeze_from, train_batchnorm=train_batchnorm)
-    compile_model(model, optimizer, finetune_learning_rate, weight_decay, jit_compile, run_eagerly)
+    compile_model(model, optimizer, finetune_learning_rate, weight_decay, jit_compile, run_eagerly, label_smoothing)
     if state is not None and state.get("phase") == "finetune":
         restore_checkpoint(model, out_dir / LAST_FILE)
         print(f"resuming {out_dir} in the fine-tuning at epoch {done + 1}/{total}")
@@ -776,13 +809,15 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
         previous = [s for s in (state or {}).get("schedule", []) if s["phase"] != "finetune"]
         schedule = previous + _phase_segments(state, "finetune", finetune_learning_rate, warmup_epochs, total,
                                               done, out_dir)
-        callbacks = _callbacks(out_dir, "finetune", state, settings, schedule, patience)
+        callbacks = _callbacks(out_dir, "finetune", state, settings, schedule, patience,
+                               validated=val_ds is not None)
         _fit(model, train_ds, val_ds, initial_epoch=done, epochs=total, callbacks=callbacks, **fit)
     return read_history(out_dir)
 
 
 def _restore_for_phase(model, out_dir, state, unfreeze_from, train_batchnorm, optimizer, weight_decay,
-                       head_learning_rate, finetune_learning_rate, jit_compile, run_eagerly) -> None:
+                       head_learning_rate, finetune_learning_rate, jit_compile, run_eagerly,
+                       label_smoothing=0.0) -> None:
     """Put ``model`` in the trainable state of the saved phase and load ``last.keras`` into it."""
     if state.get("phase") == "warmup":
         models.freeze_backbone(model)
@@ -790,8 +825,29 @@ def _restore_for_phase(model, out_dir, state, unfreeze_from, train_batchnorm, op
     else:
         models.unfreeze_backbone(model, unfreeze_from, train_batchnorm=train_batchnorm)
         rate = finetune_learning_rate
-    compile_model(model, optimizer, rate, weight_decay, jit_compile, run_eagerly)
+    compile_model(model, optimizer, rate, weight_decay, jit_compile, run_eagerly, label_smoothing)
     restore_checkpoint(model, Path(out_dir) / LAST_FILE)
+
+
+# ----------------------------------------------------------------------------------------
+# A final fit on all training clips
+# ----------------------------------------------------------------------------------------
+REFIT_DIR = "refit"
+
+
+def refit_epochs(out_dir) -> int:
+    """Epochs of the best validation epoch of a run (1-based count): the length of its final fit.
+
+    The paper and TSN train on all training clips of a split. Here the validation carve-out
+    chooses the number of epochs (and the fusion weight); a final fit then trains the same
+    model and settings on train + validation clips for that many epochs, without validation,
+    into ``<out_dir>/refit/`` (``last.keras`` is its model; evaluation's ``checkpoint="refit"``).
+    """
+    history = read_history(out_dir)
+    if not len(history) or "val_accuracy" not in history or history["val_accuracy"].isna().all():
+        raise FileNotFoundError(f"{Path(out_dir) / HISTORY_FILE} has no validated epochs to choose from; "
+                                f"train with validation first")
+    return int(history.loc[history["val_accuracy"].idxmax(), "epoch"]) + 1
 
 
 # ----------------------------------------------------------------------------------------
