@@ -465,9 +465,8 @@ class ExtractionSummary:
 
 
 def default_workers(method: str) -> int:
-    """One worker per available core for OpenCV methods; 1 for in-process batched methods."""
-    if check_flow_method(method).batched:
-        return 1
+    """One worker process per available core (batched methods: processes that decode and write)."""
+    check_flow_method(method)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -492,7 +491,9 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
     these paths (relative to ``videos_dir`` or absolute; e.g. the ones listed in the split
     files); a listed video that does not exist is recorded as a failure. Per-process methods
     run in ``workers`` spawned processes (default: one per core) with ``opencv_threads`` OpenCV
-    threads each; in-process batched methods run in this process. Option values and the output
+    threads each; in-process batched methods compute flow in this process, over frame pairs of
+    several videos at once, while ``workers`` processes decode and write
+    (:mod:`utils.extract_batched`). Option values and the output
     folder are checked before any work (ValueError / OSError naming what is wrong). Returns an
     :class:`ExtractionSummary`; failures are also written to ``<out_dir>/extraction_failures.csv``
     and warnings to ``<out_dir>/extraction_warnings.csv``. Given the dataset's ``splits_dir``,
@@ -504,9 +505,6 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
                    jpeg_quality=jpeg_quality)
     flow_method = check_flow_method(method)             # e.g. missing opencv-contrib: fail here, early
     workers = default_workers(method) if workers is None else int(workers)
-    if flow_method.batched and workers > 1:
-        log.warning("method %r runs batched in this process; ignoring workers=%d", method, workers)
-        workers = 1
     settings = ExtractionSettings(method=method, size=tuple(size) if size else None, short_side=short_side,
                                   max_frames=max_frames, jpeg_quality=jpeg_quality,
                                   method_options=dict(method_options or {}))
@@ -536,7 +534,7 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
         key = _method_key(settings)
         if key not in _worker_flow_fns:
             _worker_flow_fns[key] = make_video_flow(method, **settings.method_options)
-        device = getattr(_worker_flow_fns[key], "device", "in this process")
+        device = f"{getattr(_worker_flow_fns[key], 'device', 'in this process')}; {workers} process(es) decode and write"
     else:
         device = f"CPU, {workers} process(es) x {opencv_threads} OpenCV thread(s)"
     log.info("extracting %d video(s) (%d already done) from %s to %s; flow method %r (%s, %s)",
@@ -545,7 +543,12 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
     new_warnings: list[tuple[str, str]] = []
     with tqdm(total=len(jobs), unit="video", desc=f"frames+flow ({method})", disable=not progress or not jobs,
               dynamic_ncols=True) as bar:
-        for result in _run_jobs(jobs, workers, opencv_threads):
+        if flow_method.batched and jobs:    # flow here, batched over videos; decoding and writing in workers
+            from utils.extract_batched import run_batched
+            results = run_batched(jobs, _worker_flow_fns[_method_key(settings)], workers, opencv_threads)
+        else:
+            results = _run_jobs(jobs, workers, opencv_threads)
+        for result in results:
             if result.error is None:
                 summary.done += 1
                 summary.frame_pairs += result.frame_pairs
