@@ -91,9 +91,15 @@ class PipelineStats:
     wall: float = 0.0
     flow: float = 0.0           # inside flow calls
     waiting: float = 0.0        # blocked until a worker finished something
+    first_flow: float = 0.0     # seconds from the start to the first flow call (start-up, first decodes)
     pairs: int = 0
     flow_calls: int = 0
     batch_pairs: int = 0        # pairs per flow call (the largest planned)
+
+    @property
+    def steady_pairs_per_s(self) -> float:
+        """Pairs per second from the first flow call to the end (the run's start-up excluded)."""
+        return self.pairs / max(self.wall - self.first_flow, 1e-9)
 
     @property
     def main_overhead(self) -> float:
@@ -247,6 +253,8 @@ def run_batched(jobs: Sequence[_Job], flow_fn, workers: int, opencv_threads: int
                 segments = [(v, first, n) for v, first, n in segments if v.error is None]
                 if segments:
                     flow_started = time.perf_counter()
+                    if not stats.flow_calls:
+                        stats.first_flow = flow_started - started
                     flows = _compute(flow_fn, segments) if batched else np.asarray(flow_fn(segments[0][0].frames))
                     stats.flow += time.perf_counter() - flow_started
                     stats.flow_calls += 1

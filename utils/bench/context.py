@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -60,6 +60,13 @@ class Settings:
     eval_max_frames: int = 32           # frames per clip for the whole-video evaluation
     eval_videos: int = 4
     demo_method: str | None = None      # default: DEMO_SETTINGS["flow_method"]
+    tvl1_keras_options: dict = field(default_factory=dict)     # TVL1Keras options of every configuration
+    tvl1_keras_configs: tuple[dict, ...] = ()   # more TVL1Keras configurations timed after the defaults
+    tvl1_size: tuple[int, int] | None = None    # (width, height) the TV-L1 frames are resized to (tiny runs)
+    repeats: int = 2                    # runs of each CPU-side measurement (the best counts)
+    batched_calls: int = 1              # full flow calls of the extract-batched stage
+    time_budget: float | None = None    # seconds for the whole run (None: no limit); see stage_budget
+    stage_budget: dict = field(default_factory=dict)   # stage -> share of time_budget it may end by
 
     @classmethod
     def quick_preset(cls, **changes) -> "Settings":
@@ -83,7 +90,15 @@ class Bench:
         self.flows: dict[tuple[str, str], tuple[np.ndarray, float]] = {}   # (GT pair, method) -> (flow, ms)
         self.rawframes: dict[str, Path] = {}                   # method -> extracted rawframes folder
         self.recommended: dict | None = None
+        self.shared: dict = {}                                  # objects built once per run (compiled flow)
         self.started = time.monotonic()
+
+    def time_left(self, stage: str) -> float:
+        """Seconds until ``stage`` must end under the run's time budget (infinite without one)."""
+        if self.s.time_budget is None:
+            return float("inf")
+        share = self.s.stage_budget.get(stage, 1.0)
+        return self.started + share * self.s.time_budget - time.monotonic()
 
     def add(self, *rows: Row) -> None:
         for r in rows:

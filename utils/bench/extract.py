@@ -1,12 +1,22 @@
-"""Extraction stage: ``utils.extract.extract_dataset`` end to end, projected to the full HMDB51."""
+"""Extraction stages: ``utils.extract.extract_dataset`` end to end (projected to the full HMDB51);
+the CPU side of batched extraction over 1..N processes; batched (``tvl1-keras``) extraction end
+to end against its flow computation alone."""
 from __future__ import annotations
 
+import multiprocessing
+import queue as _queue
 import shutil
 import time
+import traceback
+from pathlib import Path
 
-from utils.bench.context import HMDB51_FRAME_PAIRS, Bench, link_clips
+import cv2
+import numpy as np
+
+from utils.bench.context import FLOW_SIZE, HMDB51_FRAME_PAIRS, Bench, link_clips
 from utils.bench.flow import recommended_workers
-from utils.bench.rows import DERIVED, row
+from utils.bench.machine import device_label, worker_grid
+from utils.bench.rows import DERIVED, format_value, row
 
 
 def extract_methods(bench: Bench) -> list[str]:
@@ -71,3 +81,164 @@ def stage_extract(bench: Bench) -> None:
             row("extract", method, setting, "disk_gb_full_hmdb51",
                 kb_per_pair * 1024 * HMDB51_FRAME_PAIRS / 1e9, status=DERIVED, note="JPEG q95, native size"),
         )
+
+
+# --- the CPU side of batched extraction -----------------------------------------------------------
+CPU_SIDE = "decode + quantise + 3 JPEG writes"
+
+
+def _cpu_side_worker(worker: int, clip: str, flows: np.ndarray, settings, folder: str, min_time: float,
+                     barrier, results) -> None:
+    """One of N processes: decode ``clip`` (RGB JPEGs) and write ``flows`` (quantise, 2 JPEGs) until
+    ``min_time`` passed; reports the pairs done. The work of utils.extract_batched's workers."""
+    from utils.extract_batched import decode_video, write_flows
+    try:
+        cv2.setNumThreads(1)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        decode_video(clip, folder, settings)                       # warm-up
+        barrier.wait(timeout=600)
+        count, started = 0, time.monotonic()
+        while True:
+            frames = decode_video(clip, folder, settings)
+            count += write_flows(folder, 1, flows[:len(frames) - 1], settings)
+            ended = time.monotonic()
+            if ended - started >= min_time:
+                break
+        results.put((worker, count, started, ended, None))
+    except BaseException:  # noqa: BLE001 - report to the parent, release the others
+        barrier.abort()
+        results.put((worker, 0, 0.0, 0.0, traceback.format_exc()))
+
+
+def _cpu_side_rate(clips: list[tuple[str, np.ndarray]], settings, workers: int, folder: Path,
+                   min_time: float) -> float:
+    """Pairs/s of ``workers`` spawned processes doing the CPU side of extraction at the same time."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=_cpu_side_worker, daemon=True,
+                                 args=(w, *clips[w % len(clips)], settings, str(folder / f"w{w}"), min_time,
+                                       barrier, results))
+                 for w in range(workers)]
+    for p in processes:
+        p.start()
+    runs = []
+    try:
+        for _ in range(workers):
+            worker, count, started, ended, error = results.get(timeout=600 + 20 * min_time)
+            if error:
+                raise RuntimeError(f"CPU-side worker {worker} failed:\n{error}")
+            runs.append((count, started, ended))
+    except _queue.Empty:
+        raise RuntimeError("CPU-side worker processes stopped answering") from None
+    finally:
+        for p in processes:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    return sum(c for c, _, _ in runs) / (max(e for _, _, e in runs) - min(s for _, s, _ in runs))
+
+
+def stage_extract_cpu(bench: Bench) -> None:
+    """Pairs/s of the CPU side of batched extraction (what its worker processes do per frame pair:
+    decode a frame, write its RGB JPEG, quantise a flow, write its two JPEGs), over 1 .. N processes.
+
+    The flows written are DIS-medium flows of the same clips (real content: JPEG size and time
+    depend on it). Each process count is measured ``--repeats`` times; the best run counts (other
+    work on the machine only slows a run down) and the spread is in the note."""
+    from utils.extract import ExtractionSettings
+    from utils.flow import make_video_flow
+    frames_per_clip = bench.s.max_frames or 32
+    clips = bench.clips(native_size=FLOW_SIZE)[:max(1, bench.cores)]
+    dis = make_video_flow("dis-medium")
+    inputs = []
+    for clip in clips:
+        gray = bench.gray_pairs_clip(clip, 10**6)[:frames_per_clip]
+        inputs.append((str(clip), dis(gray)))
+    settings = ExtractionSettings(method="tvl1-keras", max_frames=frames_per_clip)
+    grid = list(bench.s.workers) or worker_grid(bench.cores)
+    bench.log(f"extract-cpu: {CPU_SIDE} per pair, {len(clips)} clip(s) x {frames_per_clip} frames, "
+              f"processes {grid}, best of {bench.s.repeats}")
+    rates = {}
+    for workers in grid:
+        runs = [_cpu_side_rate(inputs, settings, workers, bench.workdir / "cpu-side", bench.s.min_time)
+                for _ in range(bench.s.repeats)]
+        rates[workers] = max(runs)
+        note = "runs: " + ", ".join(format_value(r) for r in runs) + " pairs/s; 320x240"
+        setting = f"{workers} process{'es' if workers > 1 else ''}"
+        bench.add(row("extract-cpu", CPU_SIDE, setting, "pairs_per_s", rates[workers], note=note),
+                  row("extract-cpu", CPU_SIDE, setting, "pairs_per_s_per_core", rates[workers] / workers,
+                      status=DERIVED))
+        if workers > 1 and 1 in rates:
+            bench.add(row("extract-cpu", CPU_SIDE, setting, "scaling_efficiency",
+                          rates[workers] / (workers * rates[1]), status=DERIVED, note="target >= 0.9"))
+    shutil.rmtree(bench.workdir / "cpu-side", ignore_errors=True)
+
+
+# --- batched extraction end to end against its flow computation alone ------------------------------
+def stage_extract_batched(bench: Bench) -> None:
+    """``tvl1-keras`` extraction end to end (``utils.extract_batched``: flow here, decoding and
+    writing in one worker process per core) against the same flow calls alone, in the same run.
+
+    Clips of the speed size, cut to ``call / 4`` pairs each, ``4 x --calls`` of them: every flow
+    call is full, so both measurements run the same compiled programs."""
+    from utils.extract import ExtractionSettings, _Job, iter_frames
+    from utils.extract_batched import PipelineStats, run_batched
+    from utils.bench.tvl1 import tvl1_keras
+    flow_fn = tvl1_keras(bench)
+    device = device_label(flow_fn.device)
+    width, height = bench.s.tvl1_size or FLOW_SIZE
+    call, _ = flow_fn.plan(height, width, 1 << 30)
+    per_video = max(1, call // 4)
+    n_videos = 4 * bench.s.batched_calls if call >= 4 else call * bench.s.batched_calls
+    clips = bench.clips(native_size=FLOW_SIZE)
+    videos_dir = bench.workdir / "videos-batched"
+    shutil.rmtree(videos_dir, ignore_errors=True)
+    for k in range(n_videos):                   # clips used more than once get their own names
+        clip = clips[k % len(clips)]
+        target = videos_dir / clip.parent.name / f"{clip.stem}_{k}{clip.suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(clip.resolve())
+    settings = ExtractionSettings(method="tvl1-keras", max_frames=per_video + 1,
+                                  size=bench.s.tvl1_size, method_options=dict(bench.s.tvl1_keras_options))
+    from utils.extract import list_videos
+    videos = list_videos(videos_dir)
+    gray = []
+    for video in videos:
+        frames = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in iter_frames(video, per_video + 1)]
+        if bench.s.tvl1_size:
+            frames = [cv2.resize(f, bench.s.tvl1_size, interpolation=cv2.INTER_AREA) for f in frames]
+        gray.append(np.stack(frames))
+    frames0 = np.concatenate([g[:-1] for g in gray])
+    frames1 = np.concatenate([g[1:] for g in gray])
+    n_pairs = len(frames0)
+    workers = bench.cores
+    setting = f"{len(videos)} clips x {per_video} pairs, {width}x{height}, calls of {call}, {workers} worker process(es)"
+    bench.log(f"extract-batched: {setting} on {flow_fn.device}")
+    flow_fn.pairs(frames0[:call], frames1[:call])               # warm-up: compiles (shared with tvl1keras)
+    started = time.perf_counter()
+    flow_fn.pairs(frames0, frames1)
+    flow_only = n_pairs / (time.perf_counter() - started)
+    out_dir = bench.workdir / "rawframes-batched"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    jobs = [_Job(str(v), str(out_dir / v.parent.name / v.stem), settings) for v in videos]
+    stats = PipelineStats()
+    results = list(run_batched(jobs, flow_fn, workers, stats=stats))
+    failed = [r for r in results if r.error]
+    if failed or stats.pairs != n_pairs:
+        raise RuntimeError(f"batched extraction failed: {failed[:3]}; {stats.pairs} of {n_pairs} pairs")
+    end_to_end = stats.steady_pairs_per_s
+    bench.add(row("extract-batched", "tvl1-keras", setting, "pairs_per_s_end_to_end", n_pairs / stats.wall,
+                  device=device, note="start-up included: spawning the workers, the first decodes"),
+              row("extract-batched", "tvl1-keras", setting, "startup_seconds", stats.first_flow, device=device),
+              row("extract-batched", "tvl1-keras", setting, "pairs_per_s", end_to_end, device=device,
+                  note="end to end from the first flow call: decode, flow, quantise, write"),
+              row("extract-batched", "tvl1-keras", setting, "flow_only_pairs_per_s", flow_only, device=device,
+                  note="the same pairs through flow_fn.pairs alone"),
+              row("extract-batched", "tvl1-keras", setting, "end_to_end_vs_flow_only", end_to_end / flow_only,
+                  status=DERIVED, device=device, note="start-up excluded; target >= 0.9"),
+              row("extract-batched", "tvl1-keras", setting, "main_ms_per_pair",
+                  1000 * stats.main_overhead / n_pairs, device=device,
+                  note=f"main process outside flow calls and waits; it caps extraction at "
+                       f"{format_value(n_pairs / max(stats.main_overhead, 1e-9))} pairs/s"),
+              row("extract-batched", "tvl1-keras", setting, "batch_pairs", stats.batch_pairs, device=device))
+    shutil.rmtree(out_dir, ignore_errors=True)

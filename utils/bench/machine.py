@@ -188,3 +188,23 @@ def usable_cores_of(description: str) -> str:
     import re
     found = re.search(r"(\d+) usable", description)
     return found.group(1) if found else "?"
+
+
+def peak_memory_mib() -> tuple[float, str]:
+    """Peak memory so far (MiB) of the first GPU as the Keras backend reports it (JAX, PyTorch), and
+    how it was read; without a GPU (or on TensorFlow) the peak resident memory of this process."""
+    backend = keras_backend_name()
+    try:
+        if backend == "jax":
+            import jax
+            gpus = [d for d in jax.local_devices() if d.platform == "gpu"]
+            if gpus:
+                return gpus[0].memory_stats()["peak_bytes_in_use"] / 2**20, "GPU, JAX peak_bytes_in_use"
+        elif backend == "torch":
+            import torch
+            if torch.cuda.is_available():
+                return torch.cuda.max_memory_allocated() / 2**20, "GPU, torch.cuda.max_memory_allocated"
+    except Exception:  # noqa: BLE001 - no statistics from this backend: fall back to the host figure
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host peak RSS (no GPU statistics)"
