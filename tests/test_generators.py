@@ -431,7 +431,7 @@ def test_flow_cache_gives_the_same_inputs_without_decoding(train, tmp_path, monk
         np.testing.assert_array_equal(cached[b][0], plain[b][0])
     files = sorted(cache.glob("*/*.npy"))
     assert len(files) == len(train) and not list(cache.rglob(".*tmp*"))
-    assert np.load(files[0]).shape == (N_FRAMES - 1, H, W, 2)
+    assert np.load(files[0]).shape == (H, W, 2 * (N_FRAMES - 1))
     # Once cached, no JPEG is decoded: evaluation batches come from the cache alone.
     monkeypatch.setattr(g, "_imread", lambda *a: pytest.fail("a JPEG was decoded"))
     evaluation = g.FlowStacks(train, training=False, image_size=SIZE, batch_size=4, flow_cache=cache)
@@ -439,8 +439,9 @@ def test_flow_cache_gives_the_same_inputs_without_decoding(train, tmp_path, monk
     reference = g.FlowStacks(train, training=False, image_size=SIZE, batch_size=4)
     np.testing.assert_array_equal(evaluation[0][0], reference[0][0])
     # A cache file of another flow count (the video was extracted again) is rebuilt.
-    np.save(files[0], np.zeros((3, H, W, 2), np.uint8))
-    assert g.cached_flows(train.frames_path[0], N_FRAMES - 1, cache).shape[0] == N_FRAMES - 1
+    np.save(files[0], np.zeros((H, W, 6), np.uint8))
+    np.testing.assert_array_equal(g.cached_flows(train.frames_path[0], N_FRAMES - 1, cache),
+                                  g.read_flow_uint8(train.frames_path[0], 1, N_FRAMES - 1))
 
 
 def test_last_batch_keep_drop_pad(train):

@@ -210,7 +210,8 @@ def flow_stack_input(flow_uint8: np.ndarray, box, image_size: int, flip: bool) -
     if flip:
         crop = crop[:, ::-1]                                    # mirror the columns ...
     stack = _crop_resize(crop.astype(np.float32), (0, 0, side), image_size)
-    stack = dequantize_flow(stack, FLOW_BOUND)
+    stack *= np.float32(2.0 * FLOW_BOUND / 255.0)               # dequantise in place: the arithmetic
+    stack -= np.float32(FLOW_BOUND)                             # of utils.flow.dequantize_flow
     if flip:
         stack[..., 0::2] *= -1.0                                # ... and negate x (y unchanged)
     stack -= _channel_means(stack)
@@ -419,7 +420,11 @@ class _VideoBatches(keras.utils.PyDataset):
         real = len(items)
         if self.last_batch == "pad" and real < self.batch_size:        # repeats, weighted 0
             items = np.resize(items, self.batch_size)
-        x = np.stack([self._load(self._rows[i], self._slots[i], rng) for i in items])
+        first = self._load(self._rows[items[0]], self._slots[items[0]], rng)
+        x = np.empty((len(items), *first.shape), first.dtype)        # filled in place: no stacking copy
+        x[0] = first
+        for n, i in enumerate(items[1:], start=1):
+            x[n] = self._load(self._rows[i], self._slots[i], rng)
         y = self.labels[self._rows[items]]
         if self.last_batch == "pad":
             return self._finish(x), y, (np.arange(len(items)) < real).astype(np.float32)
@@ -529,10 +534,8 @@ class FlowStacks(_VideoBatches):
             flow = read_flow_uint8(self.frames_paths[row], start, self.stack_length)
             return flow_stack_input(flow, self._box(*flow.shape[:2], rng), self.image_size, flip)
         flows = cached_flows(self.frames_paths[row], int(self.n_flows[row]), self.flow_cache)
-        top, left, side = self._box(*flows.shape[1:3], rng)
-        crop = flows[start - 1:start - 1 + self.stack_length, top:top + side, left:left + side]   # [L, s, s, 2]
-        crop = np.ascontiguousarray(crop.transpose(1, 2, 0, 3)).reshape(side, side, 2 * self.stack_length)
-        return flow_stack_input(crop, (0, 0, side), self.image_size, flip)
+        stack = flows[:, :, 2 * (start - 1):2 * (start - 1 + self.stack_length)]    # a view: no copy
+        return flow_stack_input(stack, self._box(*flows.shape[:2], rng), self.image_size, flip)
 
 
 def even_batches(train_data, val_data=None) -> None:
@@ -545,19 +548,20 @@ def even_batches(train_data, val_data=None) -> None:
 
 
 def cached_flows(frames_path: PathLike, n_flows: int, cache_dir: PathLike) -> np.ndarray:
-    """All stored flows of a video, decoded, as a read-only memory map ``uint8[n_flows, H, W, 2]``.
+    """All stored flows of a video, decoded: :func:`read_flow_uint8` of flows ``1..n_flows``
+    (``uint8[H, W, 2 n_flows]``, channels x1, y1, x2, ...) as a read-only memory map.
 
-    ``<cache_dir>/<class>/<video>.npy`` is written on first use from the flow JPEGs (the values
-    :func:`read_flow_uint8` returns) to a temporary name and renamed; a file of another flow count
-    (the video was extracted again) is rebuilt.
+    ``<cache_dir>/<class>/<video>.npy`` is written on first use to a temporary name and renamed;
+    a file of another flow count (the video was extracted again) is rebuilt. Channels last, so a
+    stack is a slice whose pixels are contiguous (a stack reads most of the file's pages: the
+    cache is fast when it fits in memory, as for an HMDB51 split on a 128 GB GPU machine).
     """
     path = Path(cache_dir) / Path(frames_path).parent.name / f"{Path(frames_path).name}.npy"
     if path.is_file():
         flows = np.load(path, mmap_mode="r")
-        if flows.ndim == 4 and flows.shape[0] == n_flows:
+        if flows.ndim == 3 and flows.shape[2] == 2 * n_flows:
             return flows
-    planes = read_flow_uint8(frames_path, 1, n_flows)                     # [H, W, 2 n]: x1, y1, x2, ...
-    flows = np.ascontiguousarray(planes.reshape(*planes.shape[:2], n_flows, 2).transpose(2, 0, 1, 3))
+    flows = read_flow_uint8(frames_path, 1, n_flows)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "wb") as file:

@@ -55,6 +55,7 @@ class Settings:
     batch_size: int | None = None       # override the presets' batch (on a CPU they are capped at 16)
     policies: tuple[str, ...] = ("float32",)   # Keras precision policies the models are timed with
     generator_batch: int = 16
+    generator_workers: tuple[int, ...] = ()    # worker counts of the generators stage (default 1, 2, 4 .. cores)
     stack_length: int = 10
     eval_size: int = 224
     eval_max_frames: int = 32           # frames per clip for the whole-video evaluation

@@ -37,6 +37,7 @@ METRICS = {   # metric -> (column title in the markdown tables, unit)
     "disk_gb_full_hmdb51": ("full HMDB51 on disk", "GB"),
     "samples_per_s": ("samples/s", "samples/s"),
     "samples_per_s_per_core": ("samples/s per core", "samples/s"),
+    "samples_per_cpu_second": ("samples per CPU second", "samples/s"),
     "train_samples_per_s": ("training samples/s", "samples/s"),
     "infer_samples_per_s": ("inference samples/s", "samples/s"),
     "inputs_per_s": ("network inputs/s", "inputs/s"),
