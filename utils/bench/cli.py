@@ -5,7 +5,7 @@ pairs shipped in ``tests/data`` and writes ``report/benchmarks.md`` (tables, rec
 "how long will this take"), ``report/benchmarks.csv`` (one row per figure) and
 ``report/benchmarks_readme_table.md`` (the short table for the README).
 
-Stages (``--stages``, comma separated; ``all`` by default):
+Stages (``--stages``, comma separated; ``all`` by default), one module of ``utils/bench/`` each:
 
 * ``flow-speed``   frame pairs per second of every flow method at native 320x240: one process with
                    one OpenCV thread, one process with OpenCV's own threads, N processes x 1 thread.
@@ -15,24 +15,37 @@ Stages (``--stages``, comma separated; ``all`` by default):
                    next to the reference figures of the data set README.
 * ``flow-storage`` the error added by storing flow as uint8 JPEG (quantise, JPEG q95, dequantise).
 * ``flow``         the three above.
-* ``tvl1keras``    TV-L1 written in Keras ops (``utils/tvl1_keras.py``) vs OpenCV: speed and parity.
+* ``tvl1keras``    TV-L1 written in Keras ops (``utils/tvl1_keras.py``) vs OpenCV: speed in full
+                   calls, batch, compilation, peak memory, parity (EPE ratio) on the GT pairs.
 * ``extract``      ``utils.extract.extract_dataset`` end to end, projected to the full HMDB51.
-* ``generators``   samples per second of ``SpatialFrames`` / ``FlowStacks``, one worker and N.
+* ``extract-cpu``  the CPU side of batched extraction (decode + quantise + 3 JPEG writes per pair)
+                   over 1..N processes: pairs/s, per core, scaling.
+* ``extract-batched`` ``tvl1-keras`` extraction end to end (``utils.extract_batched``) against its
+                   flow computation alone, in the same run.
+* ``generators``   samples per second of ``SpatialFrames`` / ``FlowStacks`` through Keras' enqueuer:
+                   worker threads, worker processes, the decoded-flow cache, over 1..N workers.
 * ``models``       training and inference samples per second of both streams, built, compiled and
                    batched as the ``hmdb51`` (224 px) and ``demo`` presets of ``utils.training``, on
                    the Keras backend in use (a GPU if Keras sees one; TensorFlow is not required);
                    GPU rows are "not measured" on a machine without one.
+* ``fit``          ``model.fit`` with the real generators feeding both streams (hmdb51 preset) against
+                   the model alone: do the generators keep up?
 * ``eval``         whole-video evaluation (``utils.evaluation.score_videos``), videos per second.
 * ``demo``         the built-in demo data set: making it and extracting it, timed.
 
 Every figure is a throughput or a ratio measured within one run, after a short warm-up, over at
-least ``--min-time`` seconds. Figures from another machine (e.g. a GPU box) are merged in::
+least ``--min-time`` seconds.
 
-    python -m utils.bench --stages generators,models,eval,tvl1keras --csv-only gpu.csv   # on the GPU box
-    python -m utils.bench --merge gpu.csv                                               # here
+The GPU figures come from one prepared command, run once on a machine with a GPU (any Keras
+backend: JAX or PyTorch where TensorFlow is not installed; at most 8 minutes), whose CSV is then
+merged here::
 
-Each run updates ``benchmarks.csv``: rows of the stages it ran on this machine are replaced,
-everything else (other stages, other machines) is kept; ``--fresh`` starts from an empty table.
+    KERAS_BACKEND=jax python -m utils.bench --device --csv-only gpu.csv   # on the GPU machine
+    python -m utils.bench --merge gpu.csv                                 # here
+
+(``scripts/device_check.sh`` wraps the first line.) Each run updates ``benchmarks.csv``: rows of
+the stages it ran on this machine are replaced, everything else (other stages, other machines)
+is kept; ``--fresh`` starts from an empty table.
 """
 from __future__ import annotations
 
@@ -47,8 +60,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from utils.bench import demo, evaluation, extract, flow, generators, models, tvl1
-from utils.bench.context import ALL_METHODS, DEFAULT_FLOW_GT, DEFAULT_VIDEOS, Bench, Settings
+from utils.bench import demo, evaluation, extract, fit, flow, generators, models, tvl1
+from utils.bench.context import ALL_METHODS, DEFAULT_FLOW_GT, DEFAULT_VIDEOS, DEVICE_STAGE_BUDGET, Bench, Settings
 from utils.bench.flow import recommend
 from utils.bench.machine import describe_machine, machine_id, machine_info
 from utils.bench.report import Report, write_text
@@ -62,14 +75,18 @@ STAGE_FUNCTIONS: dict[str, Callable[[Bench], None]] = {
     "flow-storage": flow.stage_storage,
     "tvl1keras": tvl1.stage_tvl1keras,
     "extract": extract.stage_extract,
+    "extract-cpu": extract.stage_extract_cpu,
+    "extract-batched": extract.stage_extract_batched,
     "generators": generators.stage_generators,
     "models": models.stage_models,
+    "fit": fit.stage_fit,
     "eval": evaluation.stage_eval,
     "demo": demo.stage_demo,
 }
 STAGES = tuple(STAGE_FUNCTIONS)
 STAGE_ALIASES = {"flow": ("flow-speed", "flow-quality", "flow-storage"), "all": STAGES,
-                 "none": (), "quick": tuple(s for s in STAGES if s != "tvl1keras"), "speed": ("flow-speed",),
+                 "none": (), "quick": tuple(s for s in STAGES if s not in ("tvl1keras", "extract-batched", "fit")),
+                 "device": tuple(DEVICE_STAGE_BUDGET), "speed": ("flow-speed",),
                  "quality": ("flow-quality",), "storage": ("flow-storage",), "evaluation": ("eval",)}
 
 
@@ -124,10 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m utils.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default=None,
                         help=f"comma-separated stages: {', '.join(STAGES)}; aliases flow (= the three flow-*), "
-                             "all, none. Default: all (--quick: all but tvl1keras, whose compilation alone takes "
-                             "a minute on a CPU; none when --merge is given)")
+                             "device, all, none. Default: all (--quick: all but the stages that compile TV-L1 "
+                             "or train, a minute each on a CPU; --device: device; none when --merge is given)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and short timings (about 1-2 min; figures are rough)")
+    parser.add_argument("--device", action="store_true",
+                        help="the one-shot GPU check: every GPU figure (TV-L1 speed and parity, batched "
+                             "extraction, generators, training with the generators at 224 in float32 and "
+                             "mixed precision, whole-video evaluation) in at most 8 minutes; any Keras backend. "
+                             "With --quick: tiny sizes (a test of the check on a CPU)")
     parser.add_argument("--out-dir", type=Path, default=REPORT_DIR,
                         help="where benchmarks.md, benchmarks.csv and benchmarks_readme_table.md go (default: report/)")
     parser.add_argument("--csv-only", type=Path, metavar="PATH",
@@ -155,11 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="override the model batch (default: the preset's, capped at 16 on a CPU)")
     parser.add_argument("--eval-size", type=int, help="input size for the eval stage (default 224)")
     parser.add_argument("--tvl1keras-pairs", type=int, dest="tvl1_keras_pairs",
-                        help="frame pairs per call of the Keras TV-L1 (default 4 on a CPU, 64 on a GPU)")
+                        help="frame pairs per call of the Keras TV-L1 (default: the full call it plans, e.g. "
+                             "16 on a CPU, 256 on a GPU)")
+    parser.add_argument("--tvl1-size", type=_parse_size, dest="tvl1_size",
+                        help="resize the TV-L1 frames to WxH (default: the clips' 320x240)")
+    parser.add_argument("--repeats", type=int, help="runs of each CPU-side extraction measurement (default 2)")
     parser.add_argument("--tvl1keras-gt-pairs", type=int, dest="tvl1_keras_gt_pairs",
                         help="ground-truth pairs for its parity check (default: all on a GPU, 1 on a CPU)")
     parser.add_argument("--keep-workdir", type=Path, help="keep the scratch files (extracted frames) under this folder")
     return parser
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 320x240, got {text!r}") from None
+    return width, height
 
 
 def settings_from_args(args) -> Settings:
@@ -178,7 +212,7 @@ def settings_from_args(args) -> Settings:
     if args.streams:
         changes["streams"] = split(args.streams)
     for name in ("min_time", "videos", "flow_gt", "flow_pairs", "max_videos", "max_frames", "slow_max_frames", "size",
-                 "batch_size", "eval_size", "tvl1_keras_pairs", "tvl1_keras_gt_pairs"):
+                 "batch_size", "eval_size", "tvl1_keras_pairs", "tvl1_keras_gt_pairs", "tvl1_size", "repeats"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -189,7 +223,10 @@ def settings_from_args(args) -> Settings:
         changes["slow_max_frames"] = min(args.max_frames, Settings().slow_max_frames)
     if args.size and args.eval_size is None:
         changes["eval_size"] = args.size
-    settings = Settings.quick_preset(**changes) if args.quick else Settings(**changes)
+    if args.device:
+        settings = Settings.device_preset(quick=args.quick, **changes)
+    else:
+        settings = Settings.quick_preset(**changes) if args.quick else Settings(**changes)
     unknown = [s for s in settings.streams if s not in ("spatial", "temporal")]
     if unknown:
         raise ValueError(f"unknown stream(s) {unknown}; use spatial and/or temporal")
@@ -204,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        default = "none" if args.merge else ("quick" if args.quick else "all")
+        default = "none" if args.merge else "device" if args.device else "quick" if args.quick else "all"
         stages = resolve_stages(args.stages if args.stages is not None else default)
         settings = settings_from_args(args)
     except ValueError as error:

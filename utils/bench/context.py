@@ -28,6 +28,9 @@ TEST_DATA = REPO_ROOT / "tests" / "data"
 DEFAULT_VIDEOS = TEST_DATA / "hmdb51_clips"
 DEFAULT_FLOW_GT = TEST_DATA / "flow_gt"
 ALL_METHODS = ("tvl1", "farneback", "dis-ultrafast", "dis-fast", "dis-medium")
+# The device check's stages and the share of its time budget by whose end each must be done.
+DEVICE_STAGE_BUDGET = {"tvl1keras": 0.33, "extract-cpu": 0.40, "extract-batched": 0.48, "generators": 0.58,
+                       "fit": 0.90, "eval": 1.0}
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Settings:
     """Sizes of one benchmark run (``--quick`` shrinks them all; every one has a CLI option)."""
 
     quick: bool = False
+    device: bool = False                # the one-shot GPU check (--device): parity on every GT pair
     methods: tuple[str, ...] = ALL_METHODS
     default_method: str = Config().flow_method       # what extraction uses unless told otherwise
     min_time: float = 5.0               # seconds each timed measurement lasts at least
@@ -55,6 +59,7 @@ class Settings:
     batch_size: int | None = None       # override the presets' batch (on a CPU they are capped at 16)
     policies: tuple[str, ...] = ("float32",)   # Keras precision policies the models are timed with
     generator_batch: int = 16
+    fit_workers: int | None = None      # worker threads of the generators feeding fit (default: one per core)
     generator_workers: tuple[int, ...] = ()    # worker counts of the generators stage (default 1, 2, 4 .. cores)
     stack_length: int = 10
     eval_size: int = 224
@@ -68,6 +73,24 @@ class Settings:
     batched_calls: int = 1              # full flow calls of the extract-batched stage
     time_budget: float | None = None    # seconds for the whole run (None: no limit); see stage_budget
     stage_budget: dict = field(default_factory=dict)   # stage -> share of time_budget it may end by
+
+    @classmethod
+    def device_preset(cls, quick: bool = False, **changes) -> "Settings":
+        """The one-shot GPU check (``--device``): every GPU figure within ``time_budget`` (7.5 min);
+        ``quick``: tiny sizes, to test the check itself on a CPU (CI)."""
+        preset = dict(device=True, min_time=3.0, presets=("hmdb51",), policies=("float32", "mixed_float16"), repeats=1,
+                      batched_calls=8, generator_workers=(1, 4, 16), max_videos=None,
+                      tvl1_keras_configs=({"chunk": 6}, {"slots": 128, "chunk": 6}),
+                      time_budget=450.0, stage_budget=dict(DEVICE_STAGE_BUDGET))
+        if quick:
+            preset.update(quick=True, methods=("dis-fast",), min_time=0.3, size=32, batch_size=2, generator_batch=2,
+                          presets=("demo",), streams=("temporal",),
+                          generator_workers=(1, 2), fit_workers=2, max_videos=2, max_frames=12, eval_size=32,
+                          eval_max_frames=12, eval_videos=1, batched_calls=1, tvl1_size=(40, 30),
+                          tvl1_keras_options={"nscales": 1, "warps": 1, "outer_iterations": 2, "inner_iterations": 5},
+                          tvl1_keras_configs=(), time_budget=None, stage_budget={})
+        preset.update(changes)
+        return cls(**preset)
 
     @classmethod
     def quick_preset(cls, **changes) -> "Settings":

@@ -26,10 +26,10 @@ REFERENCE = {
 REFERENCE_STORAGE_NOTE = "reference: storing TV-L1 flow this way added +0.01 to +0.02 px EPE"
 
 
-def flow_callable(method: str):
+def flow_callable(method: str, **options):
     """Per-video flow callable for ``method`` (a name of the ``utils.flow`` registry)."""
     from utils import flow
-    return flow.make_video_flow(method)
+    return flow.make_video_flow(method, **options)
 
 
 def threads_setting(threads: int) -> str:

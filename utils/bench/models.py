@@ -61,14 +61,36 @@ def stage_models(bench: Bench) -> None:
     device = f"GPU ({gpus[0]})" if gpus else "CPU"
     try:
         for policy in bench.s.policies:
-            keras.mixed_precision.set_global_policy(policy)
             bench.log(f"models: Keras {keras.__version__}, backend {keras.backend.backend()}, on {device}, "
                       f"policy {policy}")
             for preset in bench.s.presets:
                 for stream in bench.s.streams:
+                    keras.mixed_precision.set_global_policy(policy)     # each time: clear_session() resets it
                     time_model(bench, preset, stream, device, bool(gpus))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def describe(stream: str, cfg: dict, model, classes: int) -> str:
+    what = ("ResNet-50, whole backbone trainable but BatchNorm frozen (fine-tuning phase)" if stream == "spatial"
+            else f"{cfg.get('arch', 'cnn_m_2048')} width {cfg.get('width', 1.0):g}, from scratch")
+    return f"{what}; {model.count_params() / 1e6:.1f} M parameters, {classes} classes"
+
+
+def training_rows(bench: Bench, preset: str, stream: str, setting: str, train_rate: float, device: str,
+                  note: str) -> None:
+    """The training samples/s of a stream and, for the hmdb51 preset, its epoch and schedule times."""
+    cfg = training_preset(stream, preset)
+    bench.add(row("models", stream, setting, "train_samples_per_s", train_rate, device=device, note=note))
+    if preset == "hmdb51":
+        per_clip = cfg.get("frames_per_video") or cfg.get("stacks_per_video") or 1
+        epochs = cfg.get("epochs") or cfg.get("warmup_epochs", 0) + cfg.get("finetune_epochs", 0)
+        samples = HMDB51_TRAIN_CLIPS_NO_VAL * per_clip
+        bench.add(row("models", stream, setting, "epoch_minutes", samples / train_rate / 60, status=DERIVED,
+                      device=device, note=f"{samples} samples ({HMDB51_TRAIN_CLIPS_NO_VAL} clips x {per_clip}); "
+                                          "model time only, no validation"),
+                  row("models", stream, setting, "schedule_hours", epochs * samples / train_rate / 3600,
+                      status=DERIVED, device=device, note=f"{epochs} epochs of the preset"))
 
 
 def time_model(bench: Bench, preset: str, stream: str, device: str, on_gpu: bool) -> float:
@@ -102,23 +124,12 @@ def time_model(bench: Bench, preset: str, stream: str, device: str, on_gpu: bool
     infer, infer_s = time_until(infer_step, bench.s.min_time, 2, warmup=0)
     policy = keras.mixed_precision.global_policy().name
     setting = f"{preset} preset: {size}x{size}, batch {batch}{policy_suffix(policy)}"
-    what = ("ResNet-50, whole backbone trainable but BatchNorm frozen (fine-tuning phase)" if stream == "spatial"
-            else f"{cfg.get('arch', 'cnn_m_2048')} width {cfg.get('width', 1.0):g}, from scratch")
-    note = f"{what}; {model.count_params() / 1e6:.1f} M parameters, {classes} classes"
+    note = describe(stream, cfg, model, classes)
     train_rate = train / train_s
-    bench.add(row("models", stream, setting, "train_samples_per_s", train_rate, device=device, note=note),
-              row("models", stream, setting, "infer_samples_per_s", infer / infer_s, device=device, note=note),
+    training_rows(bench, preset, stream, setting, train_rate, device, note)
+    bench.add(row("models", stream, setting, "infer_samples_per_s", infer / infer_s, device=device, note=note),
               row("models", stream, setting, "compile_seconds", first_train + first_infer, device=device,
                   note="first training step + first inference (tracing/compilation)"))
-    if preset == "hmdb51":
-        per_clip = cfg.get("frames_per_video") or cfg.get("stacks_per_video") or 1
-        epochs = cfg.get("epochs") or cfg.get("warmup_epochs", 0) + cfg.get("finetune_epochs", 0)
-        samples = HMDB51_TRAIN_CLIPS_NO_VAL * per_clip
-        bench.add(row("models", stream, setting, "epoch_minutes", samples / train_rate / 60, status=DERIVED,
-                      device=device, note=f"{samples} samples ({HMDB51_TRAIN_CLIPS_NO_VAL} clips x {per_clip}); "
-                                          "model time only, no validation"),
-                  row("models", stream, setting, "schedule_hours", epochs * samples / train_rate / 3600,
-                      status=DERIVED, device=device, note=f"{epochs} epochs of the preset"))
     del model
     keras.backend.clear_session()
     gc.collect()

@@ -154,12 +154,22 @@ class Report:
                              if single and single.value else "")
             else:
                 hours_text, core_text = NOT_MEASURED, ""
-            gpu = NOT_MEASURED
-            if method == "tvl1":
-                gpu_rate = self.find("tvl1keras", "tvl1-keras", "pairs_per_s", device_prefix="GPU")
-                if gpu_rate and gpu_rate.value:
-                    gpu = f"{format_value(HMDB51_FRAME_PAIRS / gpu_rate.value / 3600)} h* (tvl1-keras, flow only)"
+            gpu = self._gpu_tvl1_hours() if method == "tvl1" else NOT_MEASURED
             body.append([title, hours_text, core_text, gpu])
+        batched = self.find("extract-batched", "tvl1-keras", "pairs_per_s", machine=p, device_prefix="CPU")
+        body.append(["Extract full HMDB51, tvl1-keras (the same TV-L1 in Keras ops, batched; the GPU path)",
+                     f"{format_value(HMDB51_FRAME_PAIRS / batched.value / 3600)} h* (end to end)"
+                     if batched and batched.value else NOT_MEASURED, "", self._gpu_tvl1_hours()])
+        cpu_side = self.find("extract-cpu", None, "pairs_per_s_per_core", machine=p, best=True)
+        gpu_machine = next((r.machine_id for r in self.rows if r.stage == "extract-cpu" and r.machine_id != p
+                            and "GPU none found" not in r.machine), None)
+        gpu_side = self.find("extract-cpu", None, "pairs_per_s", best=True, machine=gpu_machine) \
+            if gpu_machine else None
+        body.append(["CPU side of GPU extraction (decode, quantise, 3 JPEG writes per pair), per core",
+                     f"{format_value(cpu_side.value)} pairs/s per core ({cpu_side.setting})"
+                     if cpu_side and cpu_side.value else NOT_MEASURED, "",
+                     f"{format_value(gpu_side.value)} pairs/s ({gpu_side.setting}, GPU machine)"
+                     if gpu_side and gpu_side.value else NOT_MEASURED])
         disk = self.find("extract", "tvl1", "disk_gb_full_hmdb51", machine=p) or \
             self.find("extract", None, "disk_gb_full_hmdb51", machine=p)
         body.append(["Disk space for the full HMDB51 rawframes (JPEG q95, native size)",
@@ -213,6 +223,16 @@ class Report:
             "`report/benchmarks.md`); \"not measured\" means nobody ran it on such a machine: it is not "
             "an estimate.")
 
+    def _gpu_tvl1_hours(self) -> str:
+        """Full-HMDB51 TV-L1 hours on a GPU: tvl1-keras extraction end to end, else its flow alone."""
+        end_to_end = self.find("extract-batched", "tvl1-keras", "pairs_per_s", device_prefix="GPU", best=True)
+        if end_to_end and end_to_end.value:
+            return f"{format_value(HMDB51_FRAME_PAIRS / end_to_end.value / 3600)} h* (tvl1-keras, end to end)"
+        flow_only = self.find("tvl1keras", "tvl1-keras", "pairs_per_s", device_prefix="GPU", best=True)
+        if flow_only and flow_only.value:
+            return f"{format_value(HMDB51_FRAME_PAIRS / flow_only.value / 3600)} h* (tvl1-keras, flow only)"
+        return NOT_MEASURED
+
     def _training(self, train: Row | None) -> str:
         """"X h (N epochs, Y min per epoch)" at the slower of the model and that machine's generators."""
         if train is None or train.value is None:
@@ -254,10 +274,17 @@ class Report:
                             and r.status == NOT_MEASURED and r.metric == "train_samples_per_s"
                             and r.setting.startswith("hmdb51 preset")]:
             body.append([placeholder.item, "GPU", "-", NOT_MEASURED, "-", NOT_MEASURED])
+        fit = self.pivot("fit", ["train_samples_per_s", "fit_samples_per_s", "generator_keeps_up"],
+                         first_title="stream", second_title="preset, input, batch")
+        fit_text = ("Measured with `model.fit` (fit stage): the model alone on one batch in memory, then fed by "
+                    "its generator with one worker thread per core; a ratio of 0.9 or more: the generator keeps "
+                    "up.\n\n" + fit) if fit != "_not run_" else ""
         if not body:
-            return "_models (hmdb51 preset) not run_"
-        return _md_table(["stream", "device", "machine", "training samples/s (224)", "generator samples/s, best",
-                          "generators keep up?"], body)
+            return fit_text or "_models (hmdb51 preset) not run_"
+        estimate = ("From the separate stages (the best generator figure against the model alone):\n\n"
+                    + _md_table(["stream", "device", "machine", "training samples/s (224)", "generator samples/s, best",
+                                 "generators keep up?"], body))
+        return "\n\n".join(t for t in (fit_text, estimate) if t)
 
     def quality_table(self) -> str:
         rows = self.select("flow-quality")
@@ -316,9 +343,16 @@ class Report:
                                      "seconds", "kb_per_pair", "hours_full_hmdb51",
                                      "core_hours_full_hmdb51", "disk_gb_full_hmdb51"],
                          first_title="method", second_title="run"),
-            "## Input generators\n\nTraining batches of `SpatialFrames` and `FlowStacks` (JPEG decoding, "
-            "random crop, flip, preprocessing) from frames extracted from the real clips.\n\n"
-            + self.pivot("generators", ["samples_per_s"], first_title="generator", second_title="workers"),
+            "## Batched extraction (tvl1-keras): the CPU side and the pipeline\n\n" + BATCHED_TEXT + "\n\n"
+            + self.pivot("extract-cpu", ["pairs_per_s", "pairs_per_s_per_core", "scaling_efficiency"],
+                         first_title="work per frame pair", second_title="processes") + "\n\n"
+            + self.pivot("extract-batched", ["pairs_per_s", "flow_only_pairs_per_s", "end_to_end_vs_flow_only",
+                                             "pairs_per_s_end_to_end", "startup_seconds", "main_ms_per_pair",
+                                             "batch_pairs"], first_title="method", second_title="run"),
+            "## Input generators\n\n" + GENERATORS_TEXT + "\n\n"
+            + self.pivot("generators", ["samples_per_s", "samples_per_s_per_core", "scaling_efficiency",
+                                        "samples_per_cpu_second", "ms_per_pair", "max_abs_difference"],
+                         first_title="generator", second_title="loader"),
             "## Models\n\nOne optimiser step (`train_on_batch`) and one inference (`predict_on_batch`) on "
             "random inputs, random initial weights, the networks, optimiser and batch of the training presets "
             "of `utils.training` (hmdb51: 224 px, 51 classes; demo: 56 px, 9 classes; on a CPU the batch is "
@@ -332,15 +366,15 @@ class Report:
             "(every frame / every stack of a clip, batched), untrained networks.\n\n"
             + self.pivot("eval", ["videos_per_s", "inputs_per_s", "videos_per_s_hmdb51_clip", "hours_test_split"],
                          first_title="stream", second_title="setting"),
-            "## TV-L1 in Keras\n\n`utils/tvl1_keras.py` against OpenCV's TV-L1 in the same run.\n\n"
-            + self.pivot("tvl1keras", ["pairs_per_s", "speed_vs_opencv", "compile_seconds", "epe_px",
-                                       "epe_vs_opencv_px"],
-                         first_title="implementation", second_title="setting"),
-            "## Adding figures from another machine (a GPU)\n\nOn the other machine (any Keras backend; "
-            "TensorFlow is not needed there): `python -m utils.bench --stages generators,models,eval,tvl1keras "
-            "--csv-only gpu.csv` (add `--mixed-precision` to time float16). Here: `python -m utils.bench --merge "
-            "gpu.csv`, which adds its rows (machine B, ...) to these tables and replaces the matching "
-            "\"not measured\" GPU rows.",
+            "## TV-L1 in Keras\n\n`utils/tvl1_keras.py` against OpenCV's TV-L1 in the same run: speed in "
+            "full calls (the batch extraction uses), the batch, compilation, peak memory; parity as the "
+            "EPE against ground truth and its ratio to OpenCV's (target 0.99 to 1.01).\n\n"
+            + self.pivot("tvl1keras", ["pairs_per_s", "speed_vs_opencv", "batch_pairs", "compile_seconds",
+                                       "peak_memory_mib", "epe_px", "epe_vs_opencv_px", "epe_ratio_vs_opencv"],
+                         first_title="implementation", second_title="setting")
+            + "\n\n### What stands between it and ~2,000 pairs/s on one H200 (an analysis, not measured)\n\n"
+            + TVL1_GPU_ANALYSIS,
+            "## The GPU figures: one prepared check\n\n" + DEVICE_TEXT,
             "## Demo data set\n\nMaking the built-in demo data set (`utils.demo_data`) and extracting it with "
             "the demo's flow method; training times derived from the models stage (demo preset).\n\n"
             + self.pivot("demo", ["seconds", "pairs_per_s", "epoch_minutes", "schedule_hours"],
@@ -353,6 +387,69 @@ class Report:
                 "[`report/benchmarks.md`](report/benchmarks.md)); machine "
                 f"{self.labels.get(self.primary, '?')}: {self.machines.get(self.primary, '?')}.\n\n"
                 + self.how_long() + "\n")
+
+
+BATCHED_TEXT = (
+    "With a batched method the main process only computes flow, over frame pairs of several videos "
+    "of the same size at once; worker processes decode the videos (writing the RGB JPEGs) and "
+    "quantise and write the flow JPEGs at the same time (`utils/extract_batched.py`). The first "
+    "table is the work of those processes per frame pair (decode a frame and write its JPEG, "
+    "quantise a flow and write its two JPEGs), in 1..N processes at once, the best of the runs; the "
+    "second is `tvl1-keras` extraction end to end against the same flow calls alone, in the same "
+    "run (the ratio counts from the first flow call: the start-up of a run, also shown, is paid "
+    "once). On a CPU the workers and the flow share the cores; on a GPU machine only the CPU side "
+    "runs on them. Main process, ms per pair: its own work outside the flow calls.")
+
+GENERATORS_TEXT = (
+    "Training batches of `SpatialFrames` and `FlowStacks` at 224x224 (JPEG decoding, random crop, "
+    "flip, preprocessing) from frames extracted from the real clips, through Keras' own enqueuer "
+    "(what `model.fit` uses), the first batch (the workers' start-up) left out: worker threads "
+    "(`workers=N`, the default), worker processes (`use_multiprocessing=True`), and threads with the "
+    "decoded-flow cache (`FlowStacks(flow_cache=...)`: the same values, no JPEG decoding after the "
+    "first epoch). Samples per CPU second: one thread's own CPU time, which other work on a shared "
+    "machine does not change. Processes send every float32 batch (about 4 MB per flow stack) back "
+    "through a pipe, which costs more than the work they take over. The last rows show what "
+    "OpenCV's reduced-size decoding (`IMREAD_REDUCED_GRAYSCALE_2`) would save and how much it "
+    "changes the 224x224 stacks: more than JPEG noise, so it is not used.")
+
+TVL1_GPU_ANALYSIS = (
+    "Nothing here was run on a GPU; the figures are arithmetic. TV-L1 is memory-bound: an inner "
+    "iteration reads 10 float32 images per pair (the warped gradients, |grad|^2, the constant part "
+    "of rho, u1, u2 and the four dual variables) and writes 6 (u1, u2, p), 64 bytes per pixel at the "
+    "least, 80 to 100 with the intermediates that XLA's fusions write between the divergence, the "
+    "forward gradient and the per-pair convergence sum. OpenCV's stopping rule leaves about 620 "
+    "full-size iterations per pair (5 levels, 2.5 full-size areas, about a sixth of the 5 x 300 "
+    "allowed per level), so a 320x240 pair moves about 3 to 4.8 GB: at the about 4.3 TB/s of an "
+    "H200's device-to-device copies that is about 900 to 1,400 pairs/s, and 2,000 or more needs "
+    "fewer bytes per iteration than XLA's fusions give.\n\n"
+    "What stands in the way, in the order we expect it to cost: (1) host round trips: under XLA on "
+    "a GPU the predicate of every scheduling step of the `while_loop` and of its four `cond`s "
+    "(refill, warp, median, write-back) goes to the host, about five synchronisations per step; "
+    "with 64 slots an inner iteration is about 5 M pixels, about 0.1 ms of memory traffic, so with "
+    "the default 2 inner iterations per step the GPU may wait as long as it works. The device check "
+    "times `chunk=6` and 128 slots as well, and names the fastest. (2) Masked lanes: a slot waiting "
+    "for its warp or median, or converged within a chunk, still costs the selects of the step. "
+    "(3) Warps and medians: each warp gathers 16 taps for 3 images (48 gathers per pixel, "
+    "latency-bound) and each outer iteration sorts a 5x5 window (about 100 min/max per pixel); at "
+    "most a quarter of the slots are served per step. (4) Per level the flow returns to the host "
+    "and back (`predict_on_batch` gives NumPy), 5 transfers per call, small next to the iterations. "
+    "float32 is kept throughout: float16 would halve the bytes but is not expected to keep the EPE "
+    "within 1 % of OpenCV's. Reaching ~2,000 pairs/s would take a fused kernel that keeps u and p on "
+    "chip for several iterations of a tile (Pallas or Triton, outside `keras.ops`) and a schedule "
+    "without host synchronisation (CUDA-graph conditionals, or fixed iteration counts with masks).")
+
+DEVICE_TEXT = (
+    "Every GPU figure of these tables comes from one command, run once on a machine with a GPU, on "
+    "any Keras backend (JAX or PyTorch where TensorFlow is not installed), in at most 8 minutes: "
+    "`KERAS_BACKEND=jax python -m utils.bench --device --out-dir OUT` (`scripts/device_check.sh` "
+    "wraps it, carried wheels included). It runs the stages tvl1keras (speed at 320x240 for the "
+    "default configuration and, while time allows, `chunk=6` and 128 slots; parity on every "
+    "ground-truth pair), extract-cpu (over 1..N cores), extract-batched, generators, fit (both "
+    "streams at 224, float32 and mixed precision, with the real generators) and eval, each within "
+    "its share of a 7.5-minute budget (what does not fit is written as \"not measured\"). Then here: "
+    "`python -m utils.bench --merge OUT/benchmarks.csv` adds its rows (machine B, ...) to these "
+    "tables and replaces the matching \"not measured\" rows. `--device --quick` runs the same check "
+    "with tiny sizes on a CPU (the test suite does, on JAX).")
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -93,8 +93,9 @@ def _speed(bench: Bench, keras_fn, options: dict, device: str) -> tuple[float, n
 
 
 def _against_opencv(bench: Bench, keras_fn, frames: np.ndarray, keras_rate: float, device: str) -> None:
-    """OpenCV's pairs/s on the same frames (1 thread and all cores) and the mean flow difference."""
-    opencv = flow_callable("tvl1")
+    """OpenCV's pairs/s on the same frames and parameters (1 thread and all cores), and the mean
+    flow difference."""
+    opencv = flow_callable("tvl1", **keras_fn.params.opencv_kwargs())
     size = f"{frames.shape[2]}x{frames.shape[1]}"
     previous = cv2.getNumThreads()
     try:
@@ -117,14 +118,14 @@ def _parity(bench: Bench, keras_fn, device: str, compile_s: float) -> None:
     """EPE of both implementations on the ground-truth pairs and its ratio, smallest pairs first.
 
     Every frame size compiles new programs (about a minute on a CPU), so a CPU run checks the
-    smallest pair only unless ``--tvl1keras-gt-pairs`` says otherwise; a GPU run checks them all
-    while the stage has time."""
+    smallest pair only unless ``--tvl1keras-gt-pairs`` says otherwise; a GPU run and the device
+    check check them all while the stage has time."""
     from utils.flow import endpoint_error, read_flo
     from utils.tvl1_keras import _opencv_flow     # a fresh OpenCV object per pair, same parameters
     gt_pairs = sorted(bench.gt_pairs(), key=lambda p: (read_gray(p / "frame1.png").size, p.name))
     limit = bench.s.tvl1_keras_gt_pairs
     if limit is None:
-        limit = len(gt_pairs) if device.startswith("GPU") else (0 if bench.s.quick else 1)
+        limit = len(gt_pairs) if device.startswith("GPU") or bench.s.device else (0 if bench.s.quick else 1)
     opencv_here = bench.methods_available(["tvl1"])
     defaults = not any(k in bench.s.tvl1_keras_options for k in ("tau", "lambda_", "theta", "nscales", "warps",
                                                                    "epsilon", "inner_iterations", "outer_iterations",
