@@ -104,8 +104,10 @@ def resolve_stages(text: str) -> list[str]:
 
 
 def run_stages(stages: Sequence[str], settings: Settings, log: Callable[[str], None] = print,
-               keep: Path | None = None) -> tuple[list[Row], dict]:
-    """Run ``stages``; returns this run's rows (stamped with the machine) and the machine description."""
+               keep: Path | None = None, after_stage: Callable[[list[Row]], None] | None = None
+               ) -> tuple[list[Row], dict]:
+    """Run ``stages``; returns this run's rows (stamped with the machine) and the machine description.
+    ``after_stage(rows)`` gets the stamped rows so far after every stage."""
     info = machine_info()
     description = describe_machine(info)
     mid = machine_id(description)
@@ -128,6 +130,10 @@ def run_stages(stages: Sequence[str], settings: Settings, log: Callable[[str], N
                 failed.append(stage)
                 continue
             log(f"[{stage}] {time.perf_counter() - started:.1f} s")
+            if after_stage is not None:
+                for r in bench.rows:
+                    r.machine, r.machine_id, r.measured_at = description, mid, stamp
+                after_stage(list(bench.rows))
     finally:
         if keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -259,7 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: list[str] = []
     if stages:
         started = time.perf_counter()
-        rows, info = run_stages(stages, settings, keep=args.keep_workdir)
+        partial = (args.csv_only or args.out_dir / "benchmarks.csv").with_suffix(".partial.csv")
+        save = (lambda so_far: write_csv(so_far, partial)) if args.device else None   # a run stopped early keeps them
+        rows, info = run_stages(stages, settings, keep=args.keep_workdir, after_stage=save)
+        partial.unlink(missing_ok=True)
         failed = info["failed"]
         print(f"benchmark stages {', '.join(stages)} took {time.perf_counter() - started:.0f} s"
               + (f"; FAILED: {', '.join(failed)} (see the log above)" if failed else ""))
