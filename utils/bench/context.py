@@ -29,7 +29,7 @@ DEFAULT_VIDEOS = TEST_DATA / "hmdb51_clips"
 DEFAULT_FLOW_GT = TEST_DATA / "flow_gt"
 ALL_METHODS = ("tvl1", "farneback", "dis-ultrafast", "dis-fast", "dis-medium")
 # The device check's stages and the share of its time budget by whose end each must be done.
-DEVICE_STAGE_BUDGET = {"tvl1keras": 0.33, "extract-cpu": 0.40, "extract-batched": 0.48, "generators": 0.58,
+DEVICE_STAGE_BUDGET = {"tvl1keras": 0.25, "extract-cpu": 0.30, "extract-batched": 0.36, "generators": 0.45,
                        "fit": 0.90, "eval": 1.0}
 
 
@@ -78,8 +78,8 @@ class Settings:
     def device_preset(cls, quick: bool = False, **changes) -> "Settings":
         """The one-shot GPU check (``--device``): every GPU figure within ``time_budget`` (7.5 min);
         ``quick``: tiny sizes, to test the check itself on a CPU (CI)."""
-        preset = dict(device=True, min_time=3.0, presets=("hmdb51",), policies=("float32", "mixed_float16"), repeats=1,
-                      batched_calls=8, generator_workers=(1, 4, 16), max_videos=None,
+        preset = dict(device=True, min_time=2.0, presets=("hmdb51",), policies=("float32", "mixed_float16"), repeats=1,
+                      batched_calls=8, max_videos=None,
                       tvl1_keras_configs=({"chunk": 6}, {"slots": 128, "chunk": 6}),
                       time_budget=450.0, stage_budget=dict(DEVICE_STAGE_BUDGET))
         if quick:

@@ -18,12 +18,14 @@ FLOW_ITEM = "FlowStacks (L={})"
 
 
 def loaders(bench: Bench) -> list[tuple[str, str, dict]]:
-    """(generator, loader name, PyDataset options) of every loader compared."""
+    """(generator, loader name, PyDataset options) of every loader compared. The device check
+    leaves out Keras' processes: they are forked from a process that holds a GPU runtime."""
     cache = bench.workdir / "flow-cache"
     flow = FLOW_ITEM.format(bench.s.stack_length)
-    return [("SpatialFrames", "threads", {}), ("SpatialFrames", "processes", {"use_multiprocessing": True}),
-            (flow, "threads", {}), (flow, "processes", {"use_multiprocessing": True}),
-            (flow, "threads, flow cache", {"flow_cache": cache})]
+    every = [("SpatialFrames", "threads", {}), ("SpatialFrames", "processes", {"use_multiprocessing": True}),
+             (flow, "threads", {}), (flow, "processes", {"use_multiprocessing": True}),
+             (flow, "threads, flow cache", {"flow_cache": cache})]
+    return [loader for loader in every if not (bench.s.device and not bench.s.quick and loader[1] == "processes")]
 
 
 def make_dataset(bench: Bench, index, generator: str, items_per_video: int, workers: int, options: dict):
@@ -57,7 +59,7 @@ def fit_rate(dataset, min_batches: int) -> float:
 def stage_generators(bench: Bench) -> None:
     index = bench.rawframes_index(bench.s.stack_length)
     batch = bench.s.generator_batch
-    grid = list(bench.s.generator_workers) or worker_grid(bench.cores)
+    grid = list(bench.s.generator_workers) or (sorted({1, bench.cores}) if bench.s.device else worker_grid(bench.cores))
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     bench.log(f"generators: {len(index)} clip(s), 224x224, batch {batch}, workers {grid}; load average {load}")
     single: dict[tuple[str, str], float] = {}
