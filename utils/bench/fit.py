@@ -1,7 +1,7 @@
 """Fit stage: training throughput of both streams with the real generators feeding ``model.fit``,
 against the model alone (``fit`` on one batch in memory), in the same run: do the generators keep
 up? Networks, batch and optimiser of the hmdb51 preset (224 px; unless ``--presets`` leaves it
-out); also writes the models stage's training rows for them (one compilation for all)."""
+out). In the device check (no models stage) it also writes the models stage's training rows."""
 from __future__ import annotations
 
 import gc
@@ -95,11 +95,12 @@ def _fit_stream(bench: Bench, index, stream: str, policy: str, device: str, on_g
     fit_rate, _ = _fit_rate(model, data, steps, batch)
     setting = f"{preset} preset: {size}x{size}, batch {batch}{policy_suffix(policy)}"
     bench.log(f"  fit: {stream}, {policy}: compiled in {compile_s:.1f} s; {steps} steps of each")
-    training_rows(bench, preset, stream, setting, model_rate, device,
-                  describe(stream, cfg, model, classes) + "; model.fit on one batch in memory")
-    bench.add(row("models", stream, setting, "compile_seconds", compile_s, device=device,
-                  note="first training step of fit (tracing/compilation)"),
-              row("fit", stream, setting, "fit_samples_per_s", fit_rate, device=device,
+    if bench.s.device:          # the device check has no models stage: these are its training figures
+        training_rows(bench, preset, stream, setting, model_rate, device,
+                      describe(stream, cfg, model, classes) + "; model.fit on one batch in memory")
+        bench.add(row("models", stream, setting, "compile_seconds", compile_s, device=device,
+                      note="first training step of fit (tracing/compilation)"))
+    bench.add(row("fit", stream, setting, "fit_samples_per_s", fit_rate, device=device,
                   note=f"model.fit on {type(data).__name__}, {workers} worker threads, {len(index)} extracted "
                        "clips; the first batch left out"),
               row("fit", stream, setting, "train_samples_per_s", model_rate, device=device,
