@@ -4,7 +4,6 @@ A stand-in batched method (DIS ultrafast pair by pair behind a ``pairs``/``plan`
 calls of 3 pairs) makes the output comparable byte for byte with the per-process path of
 ``utils.extract``; one run with the real ``tvl1-keras`` checks the integration with TVL1Keras.
 """
-import os
 from pathlib import Path
 
 import cv2
@@ -149,3 +148,31 @@ def test_tvl1_keras_through_the_pipeline(tmp_path):
         alone = flow_fn(gray)
         stored = np.stack([read_flow_jpegs(video, i) for i in range(1, len(gray))])
         assert np.abs(np.clip(alone, -20, 20) - stored).mean() < 0.1          # quantisation step 0.16 px
+
+
+def test_damaged_videos_get_the_same_warnings_and_failures(tmp_path, batched_method):
+    """A truncated AVI, a damaged one (FFmpeg's messages) and an MP4 without its index: the same
+    failures file and warnings file as the per-process path."""
+    import shutil
+    from test_extract import CLIMB, CLIPS, GOLF
+    videos = tmp_path / "videos"
+    (videos / "golf").mkdir(parents=True)
+    (videos / "climb").mkdir()
+    golf = (CLIPS / GOLF).read_bytes()
+    shutil.copy(CLIPS / GOLF, videos / "golf" / "intact.avi")
+    (videos / "golf" / "half.avi").write_bytes(golf[:len(golf) // 2])
+    damaged = bytearray((CLIPS / CLIMB).read_bytes())
+    for i in range(len(damaged) // 3, len(damaged) // 3 + 20_000, 97):
+        damaged[i] ^= 0xFF
+    (videos / "climb" / "damaged.avi").write_bytes(bytes(damaged))
+    mp4 = write_video(tmp_path / "whole.mp4", 10, fourcc="mp4v").read_bytes()
+    (videos / "climb" / "cut.mp4").write_bytes(mp4[:len(mp4) // 2])
+    serial = extract_dataset(videos, tmp_path / "serial", "dis-ultrafast", workers=1, progress=False)
+    piped = extract_dataset(videos, tmp_path / "piped", "test-batched", workers=2, progress=False)
+    import re
+    same = lambda text: re.sub(r"@ 0x[0-9a-f]+", "@ 0x?", text)     # noqa: E731 (FFmpeg's decoder address)
+    assert (piped.done, piped.failed) == (serial.done, serial.failed) == (3, 1)
+    assert len(piped.warnings) == 2
+    for name in (FAILURES_FILE, extract.WARNINGS_FILE):
+        assert same((tmp_path / "piped" / name).read_text()) == same((tmp_path / "serial" / name).read_text()), name
+    assert _tree(tmp_path / "piped") == _tree(tmp_path / "serial")

@@ -88,8 +88,8 @@ def _fit_stream(bench: Bench, index, stream: str, policy: str, device: str, on_g
     model_rate, _ = _fit_rate(model, _same_batch(x, y, steps + 1), steps, batch)
     workers = bench.s.fit_workers or bench.cores
     per_video = math.ceil((steps + 2) * batch / len(index))
-    common = dict(training=True, image_size=size, batch_size=batch, workers=workers,
-                  max_queue_size=max(8, 2 * workers))
+    # One batch in flight per worker thread (Keras' queue bounds them): a 256-stack batch is 1 GB.
+    common = dict(training=True, image_size=size, batch_size=batch, workers=workers, max_queue_size=workers)
     data = (SpatialFrames(index, frames_per_video=per_video, **common) if stream == "spatial" else
             FlowStacks(index, stack_length=bench.s.stack_length, stacks_per_video=per_video, **common))
     fit_rate, _ = _fit_rate(model, data, steps, batch)
