@@ -172,7 +172,7 @@ def test_damaged_videos_get_the_same_warnings_and_failures(tmp_path, batched_met
     import re
     same = lambda text: re.sub(r"@ 0x[0-9a-f]+", "@ 0x?", text)     # noqa: E731 (FFmpeg's decoder address)
     assert (piped.done, piped.failed) == (serial.done, serial.failed) == (3, 1)
-    assert len(piped.warnings) == 2
+    assert len(piped.warnings) == len(serial.warnings) >= 2
     for name in (FAILURES_FILE, extract.WARNINGS_FILE):
         assert same((tmp_path / "piped" / name).read_text()) == same((tmp_path / "serial" / name).read_text()), name
     assert _tree(tmp_path / "piped") == _tree(tmp_path / "serial")
