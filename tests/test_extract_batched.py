@@ -90,6 +90,8 @@ def test_stats_and_interruption_leave_no_temporary_folder(videos, tmp_path, batc
     results = list(extract_batched.run_batched(jobs, batched_method, workers=2, stats=stats))
     assert sorted(r.frame_pairs for r in results) == [3, 3, 4, 5, 6] and stats.pairs == 21
     assert stats.batch_pairs == CALL and stats.flow_calls == 7 and stats.wall >= stats.flow + stats.waiting
+    assert [sum(n for _, _, n in call) for call in stats.calls] == [CALL] * 7            # what each call held
+    assert sorted({path for call in stats.calls for path, _, _ in call}) == sorted(j.video_path for j in jobs)
     # Stopped after the first finished video: the others' temporary folders are removed.
     interrupted = tmp_path / "interrupted"
     jobs = [extract._Job(j.video_path, j.video_out_dir.replace(str(out), str(interrupted)), j.settings) for j in jobs]

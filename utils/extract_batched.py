@@ -95,6 +95,7 @@ class PipelineStats:
     pairs: int = 0
     flow_calls: int = 0
     batch_pairs: int = 0        # pairs per flow call (the largest planned)
+    calls: list = field(default_factory=list)   # per flow call: its (video path, first pair, pairs) segments
 
     @property
     def steady_pairs_per_s(self) -> float:
@@ -258,6 +259,7 @@ def run_batched(jobs: Sequence[_Job], flow_fn, workers: int, opencv_threads: int
                     flows = _compute(flow_fn, segments) if batched else np.asarray(flow_fn(segments[0][0].frames))
                     stats.flow += time.perf_counter() - flow_started
                     stats.flow_calls += 1
+                    stats.calls.append([(v.job.video_path, first, n) for v, first, n in segments])
                     stats.batch_pairs = max(stats.batch_pairs, sizes[size] if batched else len(flows))
                     chunk = max(1, -(-len(flows) // max(1, workers)))     # spread the writing over the workers
                     offset = 0
