@@ -251,7 +251,10 @@ def run_batched(jobs: Sequence[_Job], flow_fn, workers: int, opencv_threads: int
             if size is not None:
                 # A method without .pairs gets one whole video per call.
                 segments = batches.take(size, sizes[size] if batched else batches.queues[size][0][2])
-                segments = [(v, first, n) for v, first, n in segments if v.error is None]
+                # In path order: a call's pairs (and so the solver's schedule) do not depend on
+                # which worker finished decoding first.
+                segments = sorted(((v, first, n) for v, first, n in segments if v.error is None),
+                                  key=lambda segment: (segment[0].job.video_path, segment[1]))
                 if segments:
                     flow_started = time.perf_counter()
                     if not stats.flow_calls:

@@ -181,8 +181,8 @@ def stage_extract_batched(bench: Bench) -> None:
 
     Clips of the speed size, cut to ``call / 4`` pairs each, ``4 x batched_calls`` of them: every
     flow call is full, so both measurements run the same compiled programs, and the flow alone
-    replays the pipeline's calls pair for pair. ``--repeats`` runs of each, side by side, which goes
-    first alternating; the figures are their means."""
+    replays each pipeline run's calls pair for pair right after it. ``--repeats`` such pairs of
+    runs; the figures are their means (the ratio: the mean of the pairs' ratios)."""
     from utils.extract import ExtractionSettings, _Job, iter_frames
     from utils.extract_batched import PipelineStats, run_batched
     from utils.bench.tvl1 import tvl1_keras
@@ -239,22 +239,20 @@ def stage_extract_batched(bench: Bench) -> None:
             raise RuntimeError(f"batched extraction failed: {failed[:3]}; {stats.pairs} of {n_pairs} pairs")
         runs.append(stats)
 
-    for k in range(bench.s.repeats):    # side by side, which goes first alternating: a drift of the
-        if k % 2 == 0:                  # machine's load cancels out of the ratios
-            pipeline()                  # (the first run's calls are what the flow alone replays)
-            flow_runs.append(flow_alone(runs[0].calls))
-        else:
-            flow_runs.append(flow_alone(runs[0].calls))
-            pipeline()
+    for _ in range(bench.s.repeats):    # each pipeline run, then its own flow calls alone, side by side
+        pipeline()
+        flow_runs.append(flow_alone(runs[-1].calls))
     ratio = float(np.mean([r.steady_pairs_per_s / f for r, f in zip(runs, flow_runs)]))
     flow_only = float(np.mean(flow_runs))
-    stats = runs[-1]
     spread = (f"runs: end to end {', '.join(format_value(r.steady_pairs_per_s) for r in runs)}; flow alone "
-              f"{', '.join(format_value(r) for r in flow_runs)} pairs/s, alternately first")
+              f"{', '.join(format_value(r) for r in flow_runs)} pairs/s")
     end_to_end = float(np.mean([r.steady_pairs_per_s for r in runs]))
-    bench.add(row("extract-batched", "tvl1-keras", setting, "pairs_per_s_end_to_end", n_pairs / stats.wall,
+    wall = float(np.mean([r.wall for r in runs]))
+    first_flow = float(np.mean([r.first_flow for r in runs]))
+    main_overhead = float(np.mean([r.main_overhead for r in runs]))
+    bench.add(row("extract-batched", "tvl1-keras", setting, "pairs_per_s_end_to_end", n_pairs / wall,
                   device=device, note="start-up included: spawning the workers, the first decodes"),
-              row("extract-batched", "tvl1-keras", setting, "startup_seconds", stats.first_flow, device=device),
+              row("extract-batched", "tvl1-keras", setting, "startup_seconds", first_flow, device=device),
               row("extract-batched", "tvl1-keras", setting, "pairs_per_s", end_to_end, device=device,
                   note="end to end from the first flow call: decode, flow, quantise, write"),
               row("extract-batched", "tvl1-keras", setting, "flow_only_pairs_per_s", flow_only, device=device,
@@ -262,9 +260,8 @@ def stage_extract_batched(bench: Bench) -> None:
               row("extract-batched", "tvl1-keras", setting, "end_to_end_vs_flow_only", ratio,
                   status=DERIVED, device=device, note=f"start-up excluded; target >= 0.9; the mean ratio of the "
                                                       f"runs side by side; {spread}"),
-              row("extract-batched", "tvl1-keras", setting, "main_ms_per_pair",
-                  1000 * stats.main_overhead / n_pairs, device=device,
-                  note=f"main process outside flow calls and waits; it caps extraction at "
-                       f"{format_value(n_pairs / max(stats.main_overhead, 1e-9))} pairs/s"),
-              row("extract-batched", "tvl1-keras", setting, "batch_pairs", stats.batch_pairs, device=device))
+              row("extract-batched", "tvl1-keras", setting, "main_ms_per_pair", 1000 * main_overhead / n_pairs,
+                  device=device, note=f"main process outside flow calls and waits; it caps extraction at "
+                                      f"{format_value(n_pairs / max(main_overhead, 1e-9))} pairs/s"),
+              row("extract-batched", "tvl1-keras", setting, "batch_pairs", runs[0].batch_pairs, device=device))
     shutil.rmtree(out_dir, ignore_errors=True)
