@@ -178,3 +178,62 @@ def test_resolve_stages_expands_aliases_in_pipeline_order():
     assert "tvl1keras" not in bench.resolve_stages("quick")
     with pytest.raises(ValueError, match="unknown stage 'nope'"):
         bench.resolve_stages("flow,nope")
+
+
+# --- the one-shot device check, tiny, on the JAX backend ----------------------------------------
+def _tiny_flow_gt(folder, size=(48, 32)):
+    """mb_RubberWhale shrunk to ``size``: frames INTER_AREA, ground truth nearest (unknowns kept) and scaled."""
+    import cv2
+    import numpy as np
+    from utils.flow import FLO_MAGIC, UNKNOWN_FLOW, read_flo
+    source, target = ROOT / "tests" / "data" / "flow_gt" / "mb_RubberWhale", folder / "mb_RubberWhale"
+    target.mkdir(parents=True)
+    for name in ("frame1.png", "frame2.png"):
+        cv2.imwrite(str(target / name), cv2.resize(cv2.imread(str(source / name)), size, interpolation=cv2.INTER_AREA))
+    gt = read_flo(source / "gt.flo")
+    small = cv2.resize(gt, size, interpolation=cv2.INTER_NEAREST)
+    known = np.all(np.abs(small) < UNKNOWN_FLOW, axis=-1)
+    small[known] *= np.float32([size[0] / gt.shape[1], size[1] / gt.shape[0]])
+    with open(target / "gt.flo", "wb") as file:
+        np.float32(FLO_MAGIC).tofile(file)
+        np.int32(size).tofile(file)
+        small.astype(np.float32).tofile(file)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax is not installed")
+def test_device_check_writes_every_gpu_figure_on_jax(tmp_path):
+    """``--device --quick``: the GPU check with tiny sizes on the JAX backend (as on a GPU machine
+    without TensorFlow), every figure it is meant to write."""
+    out = tmp_path / "device"
+    command = [sys.executable, "-m", "utils.bench", "--device", "--quick", "--tvl1-size", "48x32",
+               "--flow-gt", str(_tiny_flow_gt(tmp_path / "gt")), "--out-dir", str(out)]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-3000:]}"
+    rows = bench.read_csv(out / "benchmarks.csv")
+    assert "backend jax" in rows[0].machine
+
+    def value(stage, metric, item=None, setting=None):
+        found = [r for r in rows if r.stage == stage and r.metric == metric and (item is None or r.item == item)
+                 and (setting is None or setting in r.setting) and r.value is not None]
+        assert found, (stage, metric, item, setting)
+        return found[0].value
+
+    assert value("tvl1keras", "pairs_per_s", "tvl1-keras") > 0 and value("tvl1keras", "batch_pairs") == 16
+    assert value("tvl1keras", "peak_memory_mib") > 0 and value("tvl1keras", "compile_seconds") > 0
+    assert value("tvl1keras", "epe_ratio_vs_opencv", "tvl1-keras", "") == pytest.approx(1.0, abs=0.01)
+    assert value("extract-cpu", "pairs_per_s", setting="2 processes") > 0
+    assert 0 < value("extract-cpu", "scaling_efficiency") < 1.5
+    assert value("extract-batched", "flow_only_pairs_per_s") > 0
+    assert 0 < value("extract-batched", "end_to_end_vs_flow_only") < 1.5
+    for loader in ("threads,", "processes,", "threads, flow cache"):
+        assert value("generators", "samples_per_s", "FlowStacks (L=10)", f"2 worker {loader}") > 0
+    fits = [r for r in rows if r.stage == "fit" and r.metric in ("fit_samples_per_s", "generator_keeps_up")]
+    assert len(fits) == 4 and all(r.value > 0 for r in fits)
+    assert {"mixed_float16" in r.setting for r in fits} == {True, False}      # float32 and mixed precision
+    assert value("models", "train_samples_per_s", "temporal") > 0
+    assert value("eval", "videos_per_s", "temporal") > 0
+    md = (out / "benchmarks.md").read_text()
+    assert "## TV-L1 in Keras" in md and "## Batched extraction" in md and "## Do the generators keep up" in md

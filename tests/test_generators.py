@@ -11,6 +11,7 @@ Every synthetic video has H=48, W=64 and 16 frames (15 flows) in the mmaction2 l
   moves the motion survives the per-channel mean subtraction.
 """
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -416,3 +417,84 @@ def test_real_clip_through_both_generators(tmp_path):
     stored = g.read_flow_stack(folder, start, L)
     computed = np.concatenate([np.clip(flows[start - 1 + j], -FLOW_BOUND, FLOW_BOUND) for j in range(L)], axis=-1)
     assert np.median(np.abs(stored - computed)) < 0.5
+
+
+# ----------------------------------------------------------------------------------------
+# Decoded-flow cache, last batch, several devices
+# ----------------------------------------------------------------------------------------
+def test_flow_cache_gives_the_same_inputs_without_decoding(train, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    plain = g.FlowStacks(train, training=True, image_size=SIZE, batch_size=3, stacks_per_video=3, seed=4)
+    cached = g.FlowStacks(train, training=True, image_size=SIZE, batch_size=3, stacks_per_video=3, seed=4,
+                          flow_cache=cache)
+    for b in range(len(plain)):                                         # random crops, flips and starts
+        np.testing.assert_array_equal(cached[b][0], plain[b][0])
+    files = sorted(cache.glob("*/*.npy"))
+    assert len(files) == len(train) and not list(cache.rglob(".*tmp*"))
+    assert np.load(files[0]).shape == (H, W, 2 * (N_FRAMES - 1))
+    # Once cached, no JPEG is decoded: evaluation batches come from the cache alone.
+    monkeypatch.setattr(g, "_imread", lambda *a: pytest.fail("a JPEG was decoded"))
+    evaluation = g.FlowStacks(train, training=False, image_size=SIZE, batch_size=4, flow_cache=cache)
+    monkeypatch.undo()
+    reference = g.FlowStacks(train, training=False, image_size=SIZE, batch_size=4)
+    np.testing.assert_array_equal(evaluation[0][0], reference[0][0])
+    # A cache file of another flow count (the video was extracted again) is rebuilt.
+    np.save(files[0], np.zeros((H, W, 6), np.uint8))
+    np.testing.assert_array_equal(g.cached_flows(train.frames_path[0], N_FRAMES - 1, cache),
+                                  g.read_flow_uint8(train.frames_path[0], 1, N_FRAMES - 1))
+
+
+def test_last_batch_keep_drop_pad(train):
+    """4 training videos x 1 item, batch 3: keep gives 3 + 1, drop 3, pad 3 + (1 real, 2 weighted 0)."""
+    kwargs = dict(training=True, image_size=SIZE, batch_size=3, seed=2)
+    keep = g.FlowStacks(train, **kwargs)
+    assert len(keep) == 2 and len(keep[1][1]) == 1
+    drop = g.FlowStacks(train, last_batch="drop", **kwargs)
+    assert len(drop) == 1 and len(drop[0][1]) == 3
+    pad = g.SpatialFrames(train, last_batch="pad", **kwargs)
+    x, y, weights = pad[1]
+    assert x.shape[0] == len(y) == 3 and weights.tolist() == [1.0, 0.0, 0.0]
+    np.testing.assert_array_equal(x[0], g.SpatialFrames(train, **kwargs)[1][0][0])   # the real item is unchanged
+    assert pad[0][2].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="last_batch must be one of"):
+        g.FlowStacks(train, last_batch="fill", **kwargs)
+    with pytest.raises(ValueError, match="no batch at all"):
+        g.FlowStacks(train, last_batch="drop", training=True, image_size=SIZE, batch_size=5)
+    g.even_batches(keep, pad)
+    assert (keep.last_batch, pad.last_batch) == ("drop", "pad")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax is not installed")
+def test_data_parallel_trains_with_uneven_last_batches(train, index, tmp_path):
+    """DataParallel on 2 virtual CPU devices (a fresh JAX process): 3 training stacks in batches of 2
+    and 5 validation stacks in batches of 4 would end with batches of 1 that cannot split in two;
+    training drops it, validation pads it with zero weights (utils.generators.even_batches)."""
+    import subprocess
+    import sys
+    import textwrap
+    rows = tmp_path / "rows.pkl"
+    index.to_pickle(rows)
+    root = Path(__file__).resolve().parents[1]
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, pandas as pd
+        sys.path.insert(0, {str(root)!r})
+        from utils import generators, models, training
+        rows = pd.read_pickle({str(rows)!r})
+        info = training.configure(seed=0, data_parallel=True)
+        assert len(info["distribution"]["devices"]) == 2, info
+        train = generators.FlowStacks(rows[rows.subset == "train"].iloc[:3], training=True, image_size=32,
+                                      batch_size=2, stack_length=2)              # 3 stacks: batches of 2 and 1
+        val = generators.FlowStacks(rows.iloc[:5], training=False, image_size=32, batch_size=4, stack_length=2)
+        model = models.build_temporal_model(2, image_size=32, stack_length=2, width=0.125, dropout=0.0)
+        try:
+            training.train_temporal(model, train, val, {str(tmp_path / "run")!r}, epochs=2, learning_rate=0.05,
+                                    patience=None, verbose=0)
+        finally:
+            print("LAST_BATCH", train.last_batch, val.last_batch, len(train), len(val))
+        print("DATA_PARALLEL_OK")
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert "LAST_BATCH drop pad 1 2" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 0 and "DATA_PARALLEL_OK" in result.stdout, result.stderr[-3000:]

@@ -182,3 +182,12 @@ def test_registry_factory_and_input_errors():
     with pytest.raises(NotImplementedError, match="gamma"):
         T.TVL1Keras(gamma=0.1)
     assert T.TVL1Params().opencv_kwargs()["innnerIterations"] == 30     # OpenCV's spelling
+
+
+def test_full_calls_plan_one_program_set_and_give_the_same_flow(flow_method, small_pairs, batched_flows):
+    """``full_call``: one call size per frame size (what extraction and the benchmark use); the
+    padding pairs never enter a slot, so the flow of a lone pair is the one computed in a batch."""
+    assert flow_method.plan(SIZE[1], SIZE[0], 1) == (1, 1)                     # adaptive: padded to 1
+    assert flow_method.plan(SIZE[1], SIZE[0], 1, full_call=True) == (4, 2)     # 2 slots x 2 pairs per slot
+    lone = flow_method.pairs(small_pairs[0][1:2], small_pairs[1][1:2], full_call=True)   # the compiled 4-call
+    np.testing.assert_allclose(lone[0], batched_flows[1], atol=1e-4)

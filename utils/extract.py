@@ -465,9 +465,8 @@ class ExtractionSummary:
 
 
 def default_workers(method: str) -> int:
-    """One worker per available core for OpenCV methods; 1 for in-process batched methods."""
-    if check_flow_method(method).batched:
-        return 1
+    """One worker process per available core (batched methods: processes that decode and write)."""
+    check_flow_method(method)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -485,14 +484,20 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
                     size: tuple[int, int] | None = None, short_side: int | None = None,
                     max_frames: int | None = None, jpeg_quality: int = 95,
                     method_options: dict | None = None, opencv_threads: int = 1,
-                    progress: bool = True, splits_dir: str | Path | None = None) -> ExtractionSummary:
+                    progress: bool = True, splits_dir: str | Path | None = None,
+                    shard: tuple[int, int] | None = None, ray_address: str | None = None) -> ExtractionSummary:
     """Extract frames and flow for every ``<class>/<video>`` under ``videos_dir`` into ``out_dir``.
 
     Resumable: videos whose output folder exists are skipped. ``videos`` restricts the run to
     these paths (relative to ``videos_dir`` or absolute; e.g. the ones listed in the split
     files); a listed video that does not exist is recorded as a failure. Per-process methods
     run in ``workers`` spawned processes (default: one per core) with ``opencv_threads`` OpenCV
-    threads each; in-process batched methods run in this process. Option values and the output
+    threads each; in-process batched methods compute flow in this process, over frame pairs of
+    several videos at once, while ``workers`` processes decode and write
+    (:mod:`utils.extract_batched`). ``shard=(K, N)`` takes the K-th of N deterministic parts of the
+    video list (its own failures and warnings files); ``ray_address`` (``""``: a local Ray
+    instance) sends one Ray task per video instead of local workers (:mod:`utils.extract_cluster`).
+    Option values and the output
     folder are checked before any work (ValueError / OSError naming what is wrong). Returns an
     :class:`ExtractionSummary`; failures are also written to ``<out_dir>/extraction_failures.csv``
     and warnings to ``<out_dir>/extraction_warnings.csv``. Given the dataset's ``splits_dir``,
@@ -504,17 +509,24 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
                    jpeg_quality=jpeg_quality)
     flow_method = check_flow_method(method)             # e.g. missing opencv-contrib: fail here, early
     workers = default_workers(method) if workers is None else int(workers)
-    if flow_method.batched and workers > 1:
-        log.warning("method %r runs batched in this process; ignoring workers=%d", method, workers)
-        workers = 1
     settings = ExtractionSettings(method=method, size=tuple(size) if size else None, short_side=short_side,
                                   max_frames=max_frames, jpeg_quality=jpeg_quality,
                                   method_options=dict(method_options or {}))
     output_size(1, 1, settings.size, settings.short_side)   # validates size vs short_side
     video_paths = _resolve_videos(videos_dir, videos)
+    if shard is not None or ray_address is not None:
+        from utils import extract_cluster as cluster
+        if ray_address is not None and flow_method.batched:
+            raise ValueError(f"--ray sends one task per video to CPU workers; {method!r} is batched (a GPU "
+                             f"in one process): split the videos with --shard K/N instead")
+        if shard is not None:
+            video_paths = cluster.shard_videos(video_paths, shard, videos_dir)
 
     _prepare_output_folder(out_dir, settings)
-    stale = _clean_stale_tmp(out_dir)
+    if shard is not None or ray_address is not None:    # this run owns its videos, on whichever node
+        stale = cluster.remove_own_tmp(out_dir / p.parent.name / p.stem for p in video_paths)
+    else:
+        stale = _clean_stale_tmp(out_dir)
     if stale:
         log.info("removed %d unfinished video folder(s) left by an interrupted run", stale)
 
@@ -536,7 +548,7 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
         key = _method_key(settings)
         if key not in _worker_flow_fns:
             _worker_flow_fns[key] = make_video_flow(method, **settings.method_options)
-        device = getattr(_worker_flow_fns[key], "device", "in this process")
+        device = f"{getattr(_worker_flow_fns[key], 'device', 'in this process')}; {workers} process(es) decode and write"
     else:
         device = f"CPU, {workers} process(es) x {opencv_threads} OpenCV thread(s)"
     log.info("extracting %d video(s) (%d already done) from %s to %s; flow method %r (%s, %s)",
@@ -545,7 +557,15 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
     new_warnings: list[tuple[str, str]] = []
     with tqdm(total=len(jobs), unit="video", desc=f"frames+flow ({method})", disable=not progress or not jobs,
               dynamic_ncols=True) as bar:
-        for result in _run_jobs(jobs, workers, opencv_threads):
+        if flow_method.batched and jobs:    # flow here, batched over videos; decoding and writing in workers
+            from utils.extract_batched import run_batched
+            results = run_batched(jobs, _worker_flow_fns[_method_key(settings)], workers, opencv_threads)
+        elif ray_address is not None and jobs:
+            summary.workers = cluster.ray_cpus(ray_address) // opencv_threads
+            results = cluster.run_ray(jobs, ray_address, opencv_threads)
+        else:
+            results = _run_jobs(jobs, workers, opencv_threads)
+        for result in results:
             if result.error is None:
                 summary.done += 1
                 summary.frame_pairs += result.frame_pairs
@@ -560,8 +580,13 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
             bar.set_postfix(pairs=summary.frame_pairs, failed=len(summary.failures))
 
     summary.failed = len(summary.failures)
-    _write_failures(out_dir / FAILURES_FILE, summary.failures)
-    summary.warnings = _update_warnings(out_dir, new_warnings, redone={job.video_path for job in jobs})
+    if shard is None:
+        _write_failures(out_dir / FAILURES_FILE, summary.failures)
+        summary.warnings = _update_warnings(out_dir, new_warnings, redone={job.video_path for job in jobs})
+    else:      # shards run at the same time: each writes its own files, never another shard's
+        _write_failures(out_dir / cluster.shard_file(FAILURES_FILE, shard), summary.failures)
+        _write_failures(out_dir / cluster.shard_file(WARNINGS_FILE, shard), new_warnings, header=("video", "warning"))
+        summary.warnings = new_warnings
     summary.seconds = time.perf_counter() - start
     log.info("%s", summary)
     return summary
@@ -713,6 +738,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", type=Path, dest="video_list",
                         help="text file of videos to extract, one <class>/<file> per line (default: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--shard", metavar="K/N", help="only the K-th of N parts of the video list (1-based; "
+                                                      "the same split every run: array jobs, e.g. Slurm)")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", dest="ray_address",
+                        help="one Ray task per video on the cluster at ADDRESS (e.g. auto, ray://host:10001; "
+                             "none: a local Ray instance); needs requirements-cluster.txt")
     return parser
 
 
@@ -730,12 +760,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.videos is None or args.out is None:
         parser.error("give --dataset, or both --videos and --out")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    shard = None
+    if args.shard:
+        from utils.extract_cluster import parse_shard
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as error:
+            parser.error(str(error))
     try:
         videos = _read_video_list(args.video_list) if args.video_list else None
         summary = extract_dataset(args.videos, args.out, args.method, args.workers, videos=videos,
                                   size=args.size, short_side=args.short_side, max_frames=args.max_frames,
                                   jpeg_quality=args.jpeg_quality, opencv_threads=args.opencv_threads,
-                                  progress=not args.no_progress, splits_dir=splits_dir)
+                                  progress=not args.no_progress, splits_dir=splits_dir, shard=shard,
+                                  ray_address=args.ray_address)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,7 +19,8 @@ builds the per-video callable. Add one with :func:`register_flow_method`. There 
   Extraction runs one worker process per core, each on its own video, one OpenCV thread each.
 * **in-process batched** (``batched=True``): methods that compute many pairs at once on an
   accelerator (e.g. ``"tvl1-keras"`` from ``utils/tvl1_keras.py``). Extraction runs them in
-  the main process with ``workers=1``; the batch gives the parallelism.
+  the main process, over frame pairs of several videos at once, while ``workers`` processes
+  decode and write (``utils/extract_batched.py``).
 
 Built in: ``"tvl1"`` (Dual TV-L1, Zach et al. 2007, from opencv-contrib, OpenCV defaults; the
 flow used by the two-stream paper family, accurate but slow), ``"farneback"`` (polynomial
@@ -150,7 +151,7 @@ class FlowMethod:
 
     name: str
     factory: Callable[..., VideoFlow]
-    batched: bool = False                       # True: in-process batched (run with workers=1)
+    batched: bool = False                       # True: in-process batched (flow in the main process)
     check: Callable[[], None] | None = None     # raises FlowMethodUnavailable when it cannot run
     description: str = ""
     chunk_frames: int = 64                      # frames per call during extraction (bounds memory)
@@ -170,8 +171,8 @@ def register_flow_method(name: str, factory: Callable[..., VideoFlow], *, batche
 
     ``factory(**options)`` must return a callable ``uint8[T, H, W] -> float32[T-1, H, W, 2]``
     (it may carry a ``.device`` string, which extraction logs). ``batched=True`` marks methods
-    that run in the main process with workers=1; ``chunk_frames`` is how many frames extraction
-    hands over per call (batched methods want whole videos).
+    that compute flow in the main process (``utils.extract_batched``); ``chunk_frames`` is how
+    many frames extraction hands over per call (batched methods want whole videos).
     """
     FLOW_METHODS[name] = FlowMethod(name, factory, batched, check, description, chunk_frames)
     return FLOW_METHODS[name]

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,6 +70,12 @@ EVAL_CROP_SCALE = 0.875                        # deterministic centre crop at ev
 TEST_CROPS = (1, 10)                           # test-time crops: the centre one, or the paper's ten
 CROP_POSITIONS = ("corners", "uniform")
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)   # ResNet50's preprocessing
+LAST_BATCH = {   # the PyDatasets' ``last_batch`` option: a last batch smaller than batch_size is ...
+    "keep": "kept (the default; one smaller batch per epoch)",
+    "drop": "dropped (training: every batch full, e.g. for DataParallel; other items are dropped each epoch)",
+    "pad": "filled up to batch_size with repeats weighted 0 (batches are (x, y, sample_weight)): "
+           "every batch full and the loss and metrics exactly those of the real items (validation)",
+}
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 PathLike = str | os.PathLike
@@ -203,7 +210,8 @@ def flow_stack_input(flow_uint8: np.ndarray, box, image_size: int, flip: bool) -
     if flip:
         crop = crop[:, ::-1]                                    # mirror the columns ...
     stack = _crop_resize(crop.astype(np.float32), (0, 0, side), image_size)
-    stack = dequantize_flow(stack, FLOW_BOUND)
+    stack *= np.float32(2.0 * FLOW_BOUND / 255.0)               # dequantise in place: the arithmetic
+    stack -= np.float32(FLOW_BOUND)                             # of utils.flow.dequantize_flow
     if flip:
         stack[..., 0::2] *= -1.0                                # ... and negate x (y unchanged)
     stack -= _channel_means(stack)
@@ -327,7 +335,8 @@ class _VideoBatches(keras.utils.PyDataset):
     stream = "?"
 
     def __init__(self, index, *, training: bool, image_size: int, batch_size: int, items_per_video: int,
-                 seed: int, crop_scales: Sequence[float], crop_positions: str, **pydataset_kwargs):
+                 seed: int, crop_scales: Sequence[float], crop_positions: str, last_batch: str = "keep",
+                 **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         required = {"frames_path", "label", "n_frames", "n_flows"}
         missing = sorted(required - set(index.columns))
@@ -366,7 +375,22 @@ class _VideoBatches(keras.utils.PyDataset):
         self._rows = np.repeat(np.arange(len(self.labels)), self.items_per_video)
         self._slots = np.tile(np.arange(self.items_per_video), len(self.labels))
         self.n_items = n_items
+        self.last_batch = last_batch
         self.set_epoch(0)
+
+    @property
+    def last_batch(self) -> str:
+        """What happens to a last batch smaller than ``batch_size`` (see :data:`LAST_BATCH`)."""
+        return self._last_batch
+
+    @last_batch.setter
+    def last_batch(self, value: str) -> None:
+        if value not in LAST_BATCH:
+            raise ValueError(f"last_batch must be one of {sorted(LAST_BATCH)}, got {value!r}")
+        if value == "drop" and self.n_items < self.batch_size:
+            raise ValueError(f"last_batch='drop' with {self.n_items} items and batch_size={self.batch_size} "
+                             f"leaves no batch at all; use 'pad' or a smaller batch")
+        self._last_batch = value
 
     # --- epochs --------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -384,6 +408,8 @@ class _VideoBatches(keras.utils.PyDataset):
 
     # --- batches -------------------------------------------------------------------------
     def __len__(self) -> int:
+        if self.last_batch == "drop":
+            return self.n_items // self.batch_size
         return math.ceil(self.n_items / self.batch_size)
 
     def __getitem__(self, batch_index: int):
@@ -391,8 +417,18 @@ class _VideoBatches(keras.utils.PyDataset):
             raise IndexError(f"batch {batch_index} out of range (0..{len(self) - 1})")
         items = self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, batch_index]) if self.training else None
-        x = np.stack([self._load(self._rows[i], self._slots[i], rng) for i in items])
-        return self._finish(x), self.labels[self._rows[items]]
+        real = len(items)
+        if self.last_batch == "pad" and real < self.batch_size:        # repeats, weighted 0
+            items = np.resize(items, self.batch_size)
+        first = self._load(self._rows[items[0]], self._slots[items[0]], rng)
+        x = np.empty((len(items), *first.shape), first.dtype)        # filled in place: no stacking copy
+        x[0] = first
+        for n, i in enumerate(items[1:], start=1):
+            x[n] = self._load(self._rows[i], self._slots[i], rng)
+        y = self.labels[self._rows[items]]
+        if self.last_batch == "pad":
+            return self._finish(x), y, (np.arange(len(items)) < real).astype(np.float32)
+        return self._finish(x), y
 
     def _box(self, height: int, width: int, rng):
         if rng is None:
@@ -419,7 +455,12 @@ class SpatialFrames(_VideoBatches):
         preprocess: the backbone's preprocessing, applied to a float32 RGB batch in 0..255
             (default ResNet50's caffe-style ``preprocess_input``; see :func:`undo_preprocessing`).
         crop_scales, crop_positions: the training scale jitter (see :func:`random_crop_box`).
-        **pydataset_kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
+        last_batch: ``"keep"``, ``"drop"`` or ``"pad"`` (see :data:`LAST_BATCH`); several devices
+            (``keras.distribution.DataParallel``) need every batch to split evenly.
+        **pydataset_kwargs: ``workers`` (threads), ``use_multiprocessing``, ``max_queue_size``.
+            Threads are the fast choice here: JPEG decoding and OpenCV/NumPy work release the
+            GIL, and Keras' processes send every float32 batch back through a pipe (measured by
+            ``python -m utils.bench --stages generators``).
     """
 
     stream = "spatial"
@@ -456,7 +497,11 @@ class FlowStacks(_VideoBatches):
     crop (the same for all 2L channels) and a left-right flip that also negates x; evaluation
     uses evenly spaced starts (the middle one when ``stacks_per_video=1``) and the centre crop.
     Videos with fewer than ``L`` flows are an error (HMDB51's shortest clips have ~19 frames).
-    Other arguments as :class:`SpatialFrames`.
+
+    ``flow_cache``: a folder for each video's decoded flows (:func:`cached_flows`, one uint8 ``.npy``
+    per video, written on first use and memory-mapped after): the same input values without the
+    20 JPEG decodes per stack, at 150 KB of disk per 320x240 flow pair (about 50 GB for the training
+    videos of an HMDB51 split). Other arguments as :class:`SpatialFrames`.
     """
 
     stream = "temporal"
@@ -464,10 +509,11 @@ class FlowStacks(_VideoBatches):
     def __init__(self, index, *, training: bool, image_size: int = 224, stack_length: int = 10,
                  batch_size: int = 32, stacks_per_video: int = 1, seed: int = 0,
                  crop_scales: Sequence[float] = TRAIN_CROP_SCALES, crop_positions: str = "corners",
-                 **pydataset_kwargs):
+                 flow_cache: PathLike | None = None, **pydataset_kwargs):
         super().__init__(index, training=training, image_size=image_size, batch_size=batch_size,
                          items_per_video=stacks_per_video, seed=seed, crop_scales=crop_scales,
                          crop_positions=crop_positions, **pydataset_kwargs)
+        self.flow_cache = None if flow_cache is None else Path(flow_cache)
         self.stack_length = int(stack_length)
         short = [(p, n) for p, n in zip(self.frames_paths, self.n_flows) if n < self.stack_length]
         if short:
@@ -484,8 +530,44 @@ class FlowStacks(_VideoBatches):
         else:
             start = int(rng.integers(1, n_starts + 1))
             flip = bool(rng.integers(2))
-        flow = read_flow_uint8(self.frames_paths[row], start, self.stack_length)
-        return flow_stack_input(flow, self._box(*flow.shape[:2], rng), self.image_size, flip)
+        if self.flow_cache is None:
+            flow = read_flow_uint8(self.frames_paths[row], start, self.stack_length)
+            return flow_stack_input(flow, self._box(*flow.shape[:2], rng), self.image_size, flip)
+        flows = cached_flows(self.frames_paths[row], int(self.n_flows[row]), self.flow_cache)
+        stack = flows[:, :, 2 * (start - 1):2 * (start - 1 + self.stack_length)]    # a view: no copy
+        return flow_stack_input(stack, self._box(*flows.shape[:2], rng), self.image_size, flip)
+
+
+def even_batches(train_data, val_data=None) -> None:
+    """Make every batch full for several devices (``keras.distribution.DataParallel``): training
+    data drops its last smaller batch, validation data pads it with zero-weighted repeats. Only
+    PyDatasets of this module left at ``last_batch="keep"`` are changed."""
+    for data, rule in ((train_data, "drop"), (val_data, "pad")):
+        if isinstance(data, _VideoBatches) and data.last_batch == "keep":
+            data.last_batch = rule
+
+
+def cached_flows(frames_path: PathLike, n_flows: int, cache_dir: PathLike) -> np.ndarray:
+    """All stored flows of a video, decoded: :func:`read_flow_uint8` of flows ``1..n_flows``
+    (``uint8[H, W, 2 n_flows]``, channels x1, y1, x2, ...) as a read-only memory map.
+
+    ``<cache_dir>/<class>/<video>.npy`` is written on first use to a temporary name and renamed;
+    a file of another flow count (the video was extracted again) is rebuilt. Channels last, so a
+    stack is a slice whose pixels are contiguous (a stack reads most of the file's pages: the
+    cache is fast when it fits in memory, as for an HMDB51 split on a 128 GB GPU machine).
+    """
+    path = Path(cache_dir) / Path(frames_path).parent.name / f"{Path(frames_path).name}.npy"
+    if path.is_file():
+        flows = np.load(path, mmap_mode="r")
+        if flows.ndim == 3 and flows.shape[2] == 2 * n_flows:
+            return flows
+    flows = read_flow_uint8(frames_path, 1, n_flows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "wb") as file:
+        np.save(file, flows)
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
 
 
 # ----------------------------------------------------------------------------------------

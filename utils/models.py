@@ -180,7 +180,7 @@ def zero_init_residual_branches(backbone) -> int:
     count = 0
     for layer in backbone.layers:
         if isinstance(layer, layers.BatchNormalization) and re.fullmatch(r"conv\d_block\d+_3_bn", layer.name):
-            layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+            layer.gamma.assign(keras.ops.zeros(layer.gamma.shape, layer.gamma.dtype))   # zeros_like fails on JAX
             count += 1
     if count == 0:
         raise ValueError(f"zero_init_residual_branches: {backbone.name!r} has no 'convN_blockM_3_bn' layers")

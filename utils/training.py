@@ -69,7 +69,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from utils import models
+from utils import generators, models
 
 HISTORY_FILE = "history.csv"
 STATE_FILE = "state.json"
@@ -643,6 +643,8 @@ def _fit(model, train_ds, val_ds, *, initial_epoch: int, epochs: int, callbacks,
     """``model.fit`` on PyDatasets (or ``(x, y)`` arrays), the generators moved to ``initial_epoch``."""
     if hasattr(train_ds, "set_epoch"):
         train_ds.set_epoch(initial_epoch)      # the same draws as an uninterrupted run (utils.generators)
+    if keras.distribution.distribution() is not None:   # DataParallel: every batch must split evenly
+        generators.even_batches(train_ds, val_ds)
     if isinstance(train_ds, tuple):
         x, y = _whole_batches(train_ds, batch_size)
         val_ds = _whole_batches(val_ds, batch_size) if isinstance(val_ds, tuple) else val_ds

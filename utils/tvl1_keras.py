@@ -631,16 +631,19 @@ class TVL1Keras:
         return (f"TVL1Keras({self.device}, slots={self.slots or 'auto'}, pairs_per_slot={self.pairs_per_slot}, "
                 f"chunk={self.chunk}, side_work={self.side_work or 'auto'}, {asdict(self.params)})")
 
-    def plan(self, height: int, width: int, n_pairs: int) -> tuple[int, int]:
+    def plan(self, height: int, width: int, n_pairs: int, full_call: bool = False) -> tuple[int, int]:
         """(pairs per call, slots) for ``n_pairs`` pairs of this size.
 
         A call holds ``slots x pairs_per_slot`` pairs; fewer pairs are padded to a power of two,
-        at least a quarter of that, so a frame size compiles at most three program sets.
+        at least a quarter of that, so a frame size compiles at most three program sets
+        (``full_call``: always the full call, one program set). Padding pairs never enter a slot:
+        they cost memory and transfers, not iterations.
         """
         max_slots = self.slots or choose_slots(height, width, memory_fraction=self.memory_fraction,
                                                pairs_per_slot=self.pairs_per_slot)
         max_call = max_slots * self.pairs_per_slot
-        call = min(max_call, max(-(-max_call // 4), 2 ** math.ceil(math.log2(max(1, n_pairs)))))
+        call = max_call if full_call else \
+            min(max_call, max(-(-max_call // 4), 2 ** math.ceil(math.log2(max(1, n_pairs)))))
         return call, max(1, min(max_slots, math.ceil(call / self.pairs_per_slot)))
 
     def programs(self, height: int, width: int, call: int, slots: int) -> list[_LevelProgram]:
@@ -656,8 +659,10 @@ class TVL1Keras:
                 self._programs[key].append(program)
         return self._programs[key]
 
-    def pairs(self, frames0: np.ndarray, frames1: np.ndarray) -> np.ndarray:
-        """Flow from ``frames0[i]`` to ``frames1[i]``: uint8[N, H, W] x2 -> float32[N, H, W, 2]."""
+    def pairs(self, frames0: np.ndarray, frames1: np.ndarray, full_call: bool = False) -> np.ndarray:
+        """Flow from ``frames0[i]`` to ``frames1[i]``: uint8[N, H, W] x2 -> float32[N, H, W, 2].
+
+        ``full_call``: every call has the full planned size (see :meth:`plan`)."""
         frames0, frames1 = np.asarray(frames0), np.asarray(frames1)
         if frames0.shape != frames1.shape or frames0.ndim != 3 or frames0.shape[0] < 1:
             raise ValueError(f"expected two uint8[N, H, W] stacks of the same shape, "
@@ -667,7 +672,7 @@ class TVL1Keras:
         n, height, width = frames0.shape
         if min(height, width) < 3:
             raise ValueError(f"frames of {height}x{width} are too small for TV-L1 (at least 3x3)")
-        call, slots = self.plan(height, width, n)
+        call, slots = self.plan(height, width, n, full_call)
         programs = self.programs(height, width, call, slots)
         flows = np.empty((n, height, width, 2), np.float32)
         for start in range(0, n, call):
