@@ -105,17 +105,19 @@ def resnet50_backbone(image_size: int = 224, channels: int = 3, weights: str | o
         return build() if weights in ("imagenet", None) else _load_weights(build, weights, "ResNet50 backbone")
 
 
-def _classifier(x, num_classes: int, dropout: float, name: str = "predictions"):
+def _classifier(x, num_classes: int, dropout: float, name: str = "predictions", zero_init: bool = False):
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
-    return _softmax_layer(num_classes, name)(x)
+    return _softmax_layer(num_classes, name, zero_init)(x)
 
 
-def _softmax_layer(num_classes: int, name: str = "predictions"):
+def _softmax_layer(num_classes: int, name: str = "predictions", zero_init: bool = False):
     """The classifier, in float32 so that under mixed precision the softmax and the loss stay in
-    full precision. (Keras' Glorot initialisation: the paper's Gaussian std 0.01 slowed a small
-    temporal network trained from scratch down by a factor of 2 or more.)"""
-    return layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)
+    full precision. Keras' Glorot initialisation unless ``zero_init`` (the paper's Gaussian std
+    0.01 slowed a small temporal network trained from scratch down by a factor of 2 or more)."""
+    init = "zeros" if zero_init else "glorot_uniform"
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name=name,
+                        kernel_initializer=init)
 
 
 def set_batchnorm_momentum(model, momentum: float) -> int:
@@ -135,7 +137,7 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
 
 def build_spatial_model(num_classes: int, image_size: int = 224, weights: str | os.PathLike | None = "imagenet",
                         dropout: float = 0.5, bn_momentum: float | None = None,
-                        zero_init_residual: bool | None = None) -> keras.Model:
+                        zero_init_residual: bool | None = None, zero_init_head: bool = True) -> keras.Model:
     """Spatial stream: ResNet-50 backbone + global average pooling + dropout + softmax.
 
     Args:
@@ -149,6 +151,10 @@ def build_spatial_model(num_classes: int, image_size: int = 224, weights: str | 
         zero_init_residual: start every residual block as the identity
             (:func:`zero_init_residual_branches`); ``None``: when training from scratch
             (``weights=None``) and never over loaded weights.
+        zero_init_head: start the new classifier at zero (kernel and bias), so the untrained
+            network says "every class equally likely" and no class starts ahead of another (as
+            the ViT heads of Dosovitskiy et al. 2021). Its first update reaches the classifier
+            only; the backbone learns once the head has a direction, the same spirit as the warm-up.
 
     Inputs are frames preprocessed like ImageNet ResNet-50's (caffe style: BGR minus the ImageNet
     mean), which :class:`utils.generators.SpatialFrames` does. The backbone is the nested layer
@@ -165,7 +171,7 @@ def build_spatial_model(num_classes: int, image_size: int = 224, weights: str | 
     inputs = keras.Input((image_size, image_size, 3), name="frame")
     x = backbone(inputs)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = _classifier(x, num_classes, dropout)
+    outputs = _classifier(x, num_classes, dropout, zero_init=zero_init_head)
     return keras.Model(inputs, outputs, name="spatial_resnet50")
 
 

@@ -4,7 +4,7 @@
     python -m utils.run --dataset demo --quick         # the CI preset (QUICK below)
     python -m utils.run --dataset hmdb51 -p split=2 -p finetune_epochs=12
     python -m utils.run --from 03                      # 03, 04, 05
-    python -m utils.run --only 04,05 -p whole_video_stride=2
+    python -m utils.run --only 04,05 -p test_crops=1
 
 Every notebook starts with a parameters cell (tagged ``parameters``); papermill injects the
 values given here after it, as a new cell. Each notebook gets the values of the names its own
@@ -40,10 +40,10 @@ QUICK: dict[str, object] = {
     "max_videos": 40,          # 00: clips opened to measure lengths
     "flow_method": "dis",      # 01: DIS flow, ~20x faster to extract than TV-L1
     "weights": None,           # 02: ResNet-50 from scratch (CI machines cannot download ImageNet weights)
-    "frames_per_video": 2,     # 02: frames per training video and epoch
+    "frames_per_video": 4,     # 02: frames per training video and epoch
     "finetune_epochs": 2,      # 02: epochs of the spatial stream
-    "temporal_epochs": 2,      # 03: epochs of the temporal stream
-    "whole_video_stride": 2,   # 05: every 2nd frame / stack in the whole-video protocol
+    "temporal_epochs": 8,      # 03: epochs of the temporal stream (a few seconds each)
+    "whole_video_segments": 5, # 05: 5 equally spaced frames / stacks per clip in the whole-video protocol
 }
 """The ``--quick`` preset (CI): small settings that exercise every notebook end to end fast.
 
