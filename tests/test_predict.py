@@ -83,7 +83,7 @@ def test_demo_clip(folders, capsys):
     assert picture is not None and picture.shape[1] > 1000 and picture.std() > 10
     # the classes and the extraction came from the run's dataset and are now kept with the run
     info = json.loads((folders["root"] / "models" / RUN / predict.RUN_INFO_FILE).read_text())
-    assert info["class_names"] == sorted(DEMO_CLASSES) and info["frame_size"] == [64, 64]
+    assert info["class_names"] == sorted(DEMO_CLASSES) and info["frame_size"] == [48, 48]
     assert info["extraction"]["method"] == "dis"
 
 
@@ -95,7 +95,7 @@ def test_prediction_scores(folders):
     np.testing.assert_allclose(fusion, (spatial + temporal) / 2, atol=1e-6)
     assert prediction.top("fusion", 3)[0][0] == prediction.class_names[int(fusion.argmax())]
     assert prediction.n_frames == prediction.n_flows + 1
-    assert prediction.flow_method == "dis" and prediction.stored_size == prediction.native_size == (64, 64)
+    assert prediction.flow_method == "dis" and prediction.stored_size == prediction.native_size == (48, 48)
     assert len(prediction.frames) == len(prediction.flows) == predict.N_PICTURES
 
 
@@ -106,7 +106,7 @@ def test_real_clip_with_demo_models_says_the_answer_is_meaningless(folders, caps
     text = capsys.readouterr().out
     assert "WARNING: the models of run demo_split1 were trained on the synthetic demo dataset" in text
     assert "so the answer below is meaningless" in text
-    assert "24 frames (320x240, extracted at 85x64)" in text      # resized to the demo frames' short side
+    assert "24 frames (320x240, extracted at 64x48)" in text      # resized to the demo frames' short side
     assert (folders["root"] / "report" / RUN / "predictions" / f"{REAL_CLIP.stem}.png").is_file()
 
 

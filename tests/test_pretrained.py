@@ -36,7 +36,7 @@ def test_constants_are_keras_own():
 
 def test_unreachable_origin_and_empty_cache(offline):
     usable, detail = pretrained.imagenet_weights_status()
-    assert not usable and "not downloadable" in detail and str(offline / "models") in detail
+    assert not usable and "cannot be downloaded" in detail and str(offline / "models") in detail
     shown = []
     assert pretrained.resolve_spatial_weights("imagenet", "demo", log=shown.append) is None
     assert len(shown) == 1 and "trained from scratch" in shown[0] and str(offline / "models") in shown[0]

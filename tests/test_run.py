@@ -1,6 +1,7 @@
 """The one-command runner: argument parsing, overrides, notebook selection and failure reporting."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,14 @@ def test_quick_preset_names_are_notebook_parameters():
     notebooks = run.find_notebooks(run.NOTEBOOKS_DIR)
     assert [p.name[:2] for p in notebooks] == ["00", "01", "02", "03", "04", "05"]
     assert run.unknown_parameters(run.QUICK, notebooks) == []
+
+
+def test_every_parameter_line_parses():
+    """papermill drops (with a log line) a parameter it cannot parse: then -p name=... does nothing."""
+    import papermill
+
+    for path in run.find_notebooks(run.NOTEBOOKS_DIR):
+        cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        assigned = {line.split("=", 1)[0].strip() for line in cell.source.splitlines()
+                    if re.match(r"^[A-Za-z_]\w*\s*=", line)}
+        assert set(papermill.inspect_notebook(str(path))) == assigned, path.name

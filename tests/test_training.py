@@ -326,7 +326,7 @@ def test_small_temporal_model_overfits_real_clips(real_rawframes, tmp_path):
 def test_default_settings_per_dataset():
     demo = training.default_settings("spatial", "demo")
     gpu = training.default_settings("spatial", "hmdb51", finetune_epochs=3, batch_size=None)
-    assert gpu["image_size"] == 224 and gpu["finetune_epochs"] == 3 and gpu["batch_size"] == 32
+    assert gpu["image_size"] == 224 and gpu["finetune_epochs"] == 3 and gpu["batch_size"] == training.SPATIAL_DEFAULTS["hmdb51"]["batch_size"]
     assert demo["image_size"] < 224
     assert training.default_settings("temporal", "/some/path")["width"] == 1.0
     with pytest.raises(KeyError, match="epoch"):

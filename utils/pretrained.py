@@ -61,7 +61,7 @@ def imagenet_weights_status(timeout: float = CHECK_TIMEOUT_S) -> tuple[bool, str
         if path.is_file():
             if _md5(path) == WEIGHTS_MD5:
                 return True, f"in Keras' cache: {path}"
-            return False, f"{path} is damaged (its MD5 is not Keras' {WEIGHTS_MD5}); delete it"
+            return False, f"{path} is damaged (its MD5 is not Keras' {WEIGHTS_MD5}): delete it"
     try:
         request = urllib.request.Request(WEIGHTS_URL, method="HEAD")
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -72,7 +72,8 @@ def imagenet_weights_status(timeout: float = CHECK_TIMEOUT_S) -> tuple[bool, str
         reason = f"HTTP {error.code}"
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = str(getattr(error, "reason", error))
-    return False, f"not in {keras_cache_dirs()[0]} and not downloadable from {WEIGHTS_URL} ({reason})"
+    return False, (f"{WEIGHTS_FILE} is not in Keras' cache ({keras_cache_dirs()[0]}) and cannot be "
+                   f"downloaded from {WEIGHTS_URL} ({reason})")
 
 
 def unavailable_message(detail: str, demo: bool) -> str:
@@ -82,9 +83,9 @@ def unavailable_message(detail: str, demo: bool) -> str:
             "training.SPATIAL_FROM_SCRATCH); the report says so." if demo else
             "A spatial stream trained from scratch is a different experiment; to run it, ask for it "
             "with weights=None (`-p weights=None`).")
-    return (f"ImageNet weights for ResNet-50 are not available: {WEIGHTS_FILE} is {detail}. Keras looks "
-            f"for it in {cache}. To use them, download {WEIGHTS_URL} on a machine with internet and copy "
-            f"it into {cache}/ (or anywhere, and pass weights=PATH, `-p weights=PATH`). {then}")
+    return (f"ImageNet weights for ResNet-50 are not available: {detail}. To use them, download that "
+            f"file on a machine with internet and copy it into {cache}/, where Keras looks for it, or pass "
+            f"its path as weights=PATH (`-p weights=PATH`). {then}")
 
 
 def resolve_spatial_weights(weights, dataset_name: str, *, status=imagenet_weights_status, log=print):
