@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 from utils.config import DATA_DIR, REPO_ROOT, Config, dataset_root
@@ -37,3 +39,14 @@ def test_bad_values_are_clear_errors():
     with pytest.raises(KeyError, match="unknown config field"):
         Config().override(epochs=3)
     assert Config().override(split=3).split == 3
+
+
+def test_importing_utils_sets_tensorflow_defaults_unless_the_user_did():
+    """`import utils` (before TensorFlow loads) chooses the quiet log and TF's pooled CPU allocator, never over a user's value."""
+    code = "import os, utils; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], os.environ['TF_CPU_ALLOCATOR_USE_BFC'])"
+    clean = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPU_ALLOCATOR_USE_BFC")}
+    root = Path(__file__).resolve().parents[1]
+    run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                                     text=True, check=True).stdout.split()
+    assert run(clean) == ["3", "true"]
+    assert run({**clean, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPU_ALLOCATOR_USE_BFC": "false"}) == ["0", "false"]

@@ -189,9 +189,11 @@ def configure(seed: int | None = 0, mixed_precision: bool = False, data_parallel
             TensorFlow implementation is a prototype; on TensorFlow use a
             TensorFlow MirroredStrategy scope in your own script instead). Every batch
             must split evenly over the devices: use a batch size that is a multiple of their
-            number, and a dataset whose last batch is too (NumPy ``(x, y)`` tuples given to the
-            training functions are cut to whole batches; a PyDataset's last, smaller batch is
-            not, and raises an ``IndivisibleError``).
+            number. The training functions make the last batch full too: NumPy ``(x, y)`` tuples
+            are cut to whole batches, and this package's PyDatasets are switched by
+            :func:`utils.generators.even_batches` (training drops its last smaller batch,
+            validation pads it with zero-weighted repeats). Another PyDataset's last, smaller
+            batch raises an ``IndivisibleError``.
         devices: the devices for ``data_parallel`` (default: ``keras.distribution.list_devices()``).
 
     Returns a dict saying what was set.
