@@ -393,3 +393,21 @@ def test_data_parallel_trains_on_two_jax_cpu_devices(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "DATA_PARALLEL_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_every_hmdb51_preset_number_names_its_source():
+    """Each line of the HMDB51 presets says which published schedule it follows (or why it departs)."""
+    import inspect
+    import re
+
+    source = inspect.getsource(training)
+    for name, preset in (("SPATIAL_DEFAULTS", training.SPATIAL_DEFAULTS), ("TEMPORAL_DEFAULTS", training.TEMPORAL_DEFAULTS)):
+        block = source.split(f"{name}:", 1)[1].split('"hmdb51": dict(', 1)[1].split("\n}", 1)[0]
+        commented = {}
+        for line in block.splitlines():
+            keys = re.findall(r"(\w+)=", line.split("#", 1)[0])
+            for key in keys:
+                commented[key] = "#" in line and len(line.split("#", 1)[1].strip()) > 3
+        assert set(commented) == set(preset["hmdb51"]), name
+        assert all(commented.values()), (name, [k for k, ok in commented.items() if not ok])
+        assert "the paper" in block and ("TSN" in block or name == "TEMPORAL_DEFAULTS"), name
