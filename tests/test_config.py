@@ -1,5 +1,6 @@
 """Paths come from the repository root, whatever the working directory."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -42,11 +43,15 @@ def test_bad_values_are_clear_errors():
 
 
 def test_importing_utils_sets_tensorflow_defaults_unless_the_user_did():
-    """`import utils` (before TensorFlow loads) chooses the quiet log and TF's pooled CPU allocator, never over a user's value."""
-    code = "import os, utils; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], os.environ['TF_CPU_ALLOCATOR_USE_BFC'])"
-    clean = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPU_ALLOCATOR_USE_BFC")}
+    """`import utils` (before TensorFlow loads) chooses the quiet log, TF's pooled CPU allocator and, on
+    x86-64, its oneDNN kernels; never over a user's value."""
+    names = ("TF_CPP_MIN_LOG_LEVEL", "TF_CPU_ALLOCATOR_USE_BFC", "TF_ENABLE_ONEDNN_OPTS")
+    code = f"import os, utils; print(*[os.environ.get(n, '-') for n in {names!r}])"
+    clean = {k: v for k, v in os.environ.items() if k not in names}
     root = Path(__file__).resolve().parents[1]
     run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
                                      text=True, check=True).stdout.split()
-    assert run(clean) == ["3", "true"]
-    assert run({**clean, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPU_ALLOCATOR_USE_BFC": "false"}) == ["0", "false"]
+    onednn = "1" if platform.machine().lower() in ("x86_64", "amd64") else "-"
+    assert run(clean) == ["3", "true", onednn]
+    users = dict(zip(names, ("0", "false", "0")))
+    assert run({**clean, **users}) == ["0", "false", "0"]
