@@ -18,6 +18,7 @@ from utils.demo_data import (
     MOTIONS,
     _ycbcr_to_rgb,
     demo_class_factors,
+    demo_flow_options,
     ensure_demo_dataset,
     main,
     make_demo_dataset,
@@ -363,3 +364,20 @@ def test_colour_from_one_frame_and_motion_from_grayscale_flow(tmp_path):
         fx, fy = np.mean(moving, axis=0)
         guessed = "sideways" if abs(fx) > abs(fy) else ("up" if fy < 0 else "down")
         assert guessed == motion, path.name
+
+
+def test_the_demos_lighter_tvl1_gives_the_flow_of_the_defaults(tmp_path):
+    """DEMO_SETTINGS["tvl1_options"] (3 levels, 3 warps; half the time) stays within 0.1 px of OpenCV's
+    defaults on the pixels that move, on every demo motion."""
+    from utils import flow as flow_lib
+    assert demo_flow_options("tvl1") == DEMO_SETTINGS["tvl1_options"] and demo_flow_options("dis") == {}
+    make_demo_dataset(tmp_path / "demo", seed=0, **SMALL)
+    for motion in MOTIONS:
+        path = sorted((tmp_path / "demo" / "videos" / f"red_{motion}").glob("*.avi"))[0]
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in read_video(path)[:6]])
+        default = flow_lib.video_flow(gray, "tvl1")
+        light = flow_lib.video_flow(gray, "tvl1", **demo_flow_options("tvl1"))
+        moving = np.hypot(default[..., 0], default[..., 1]) > 0.5
+        assert moving.sum() > 100, path.name
+        error = np.hypot(*(light - default)[moving].T)
+        assert error.mean() < 0.1, (path.name, error.mean())

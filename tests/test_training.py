@@ -50,6 +50,8 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
     assert history["epoch"].tolist() == [0]
     assert training.read_state(tmp_path)["epochs_done"] == 1
     assert {p.name for p in tmp_path.iterdir()} == {"best.keras", "last.keras", "history.csv", "state.json"}
+    # The best epoch so far (the only one): best.keras is that epoch's last.keras, saved once.
+    assert (tmp_path / "best.keras").read_bytes() == (tmp_path / "last.keras").read_bytes()
 
     # The checkpoint holds the optimizer state, and restore_checkpoint puts exactly that into a new model.
     saved = keras.saving.load_model(tmp_path / "last.keras")
@@ -77,6 +79,9 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
     assert int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)) == 2 * steps
     assert training.read_state(tmp_path)["epochs_done"] == 2
     assert (tmp_path / "best.keras").stat().st_mtime_ns == best_written
+    # Replacing last.keras left best.keras (once the same file) as it was.
+    assert (tmp_path / "best.keras").read_bytes() != (tmp_path / "last.keras").read_bytes()
+    assert int(keras.ops.convert_to_numpy(keras.saving.load_model(tmp_path / "best.keras").optimizer.iterations)) == steps
     assert not list(tmp_path.glob("*.tmp*"))
     assert (history["phase"] == "train").all() and np.isfinite(history["loss"]).all()
     # Extending 1 -> 2 epochs keeps the rate of epoch 0 and continues from where the plan was (its floor).
@@ -195,6 +200,16 @@ def test_a_crash_while_saving_never_replaces_a_good_checkpoint(tmp_path, monkeyp
     assert not list(tmp_path.glob("*.tmp*"))
     with pytest.raises(ValueError, match="not a complete Keras checkpoint"):
         training.check_keras_file(tmp_path / "history.csv")
+
+
+def test_best_checkpoint_is_copied_where_hard_links_fail(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(95, "Operation not supported")
+    monkeypatch.setattr(training.os, "link", no_links)
+    training.train_temporal(_tiny_temporal(), _arrays(8), _arrays(4, seed=1), tmp_path, epochs=1,
+                            learning_rate=0.05, batch_size=4, verbose=0, patience=None)
+    best, last = tmp_path / "best.keras", tmp_path / "last.keras"
+    assert best.read_bytes() == last.read_bytes() and not best.samefile(last)
 
 
 def test_final_fit_on_train_and_val_for_the_chosen_epochs(tmp_path):

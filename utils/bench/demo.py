@@ -12,7 +12,7 @@ from utils.config import Config
 
 
 def stage_demo(bench: Bench) -> None:
-    from utils.demo_data import DEMO_SETTINGS, make_demo_dataset
+    from utils.demo_data import DEMO_SETTINGS, demo_flow_options, make_demo_dataset
     from utils.extract import extract_dataset
     method = bench.s.demo_method or DEMO_SETTINGS.get("flow_method", bench.s.default_method)
     if bench.s.quick and method not in bench.s.methods:
@@ -26,10 +26,11 @@ def stage_demo(bench: Bench) -> None:
     workers, threads = recommended_workers(bench, method)
     bench.log(f"demo: made in {make_s:.1f} s; extracting with {method}, {workers} worker(s)")
     started = time.perf_counter()
+    options = demo_flow_options(method)                 # as notebook 01 on the demo
     summary = extract_dataset(root / "videos", root / "rawframes", method, workers, opencv_threads=threads,
-                              progress=False)
+                              progress=False, method_options=options)
     extract_s = time.perf_counter() - started
-    setting = f"{summary.done} clips, {method}, {workers} worker(s)"
+    setting = f"{summary.done} clips, {method}{' ' + str(options) if options else ''}, {workers} worker(s)"
     bench.add(row("demo", "make_demo_dataset", f"{summary.done} clips", "seconds", make_s),
               row("demo", "extract", setting, "seconds", extract_s),
               row("demo", "extract", setting, "pairs_per_s", summary.frame_pairs / extract_s))
