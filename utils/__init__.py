@@ -7,8 +7,9 @@ Importing the package first quiets TensorFlow's C++ log (every notebook imports 
 Keras): ``TF_CPP_MIN_LOG_LEVEL=3`` hides its start-up chatter (``cpu_feature_guard``, and on a
 machine without a GPU ``failed call to cuInit``, which is logged as an error), and the lines
 TensorFlow prints while it loads, before it reads that variable (``cudart_stub.cc ... Could not
-find cuda drivers``, ``oneDNN custom operations are on``), are dropped. Python errors and warnings are untouched. Set
-``TF_CPP_MIN_LOG_LEVEL`` yourself (``0`` shows everything) and nothing is changed.
+find cuda drivers``, ``oneDNN custom operations are on``), are dropped. Python errors and
+warnings are untouched. Set ``TF_CPP_MIN_LOG_LEVEL`` yourself (``0`` shows everything) and
+nothing is changed.
 
 Two TensorFlow speed settings follow, each only where the user has not set the variable (read
 when TensorFlow loads; the numbers computed are the same up to floating-point round-off):

@@ -114,10 +114,10 @@ minute on two processes.
 """
 
 
-
 def demo_flow_options(method: str) -> dict:
     """The flow options notebook 01 uses on the demo for ``method`` (``{}``: the method's defaults)."""
     return dict(DEMO_SETTINGS["tvl1_options"]) if method == "tvl1" else {}
+
 
 # Nuisance ranges, as fractions of the frame's shorter side where they are lengths.
 _OBJECT_SIDE = (0.22, 0.32)          # side of the square

@@ -667,7 +667,7 @@ def build_optimizer(model) -> None:
     """Create the compiled optimizer's variables (slots) for the model's trainable weights now.
 
     Keras on TensorFlow otherwise creates them inside the first trace of its train function, and
-    ``tf.function`` then traces that function twice (once creating variables, once without). For
+    TensorFlow then traces that function twice (once creating variables, once without). For
     the demo's ResNet-50 (batch 16, 42 px, AdamW) the first ``train_on_batch`` took 41 s that way
     and 17 s with the optimizer built first, on 2 CPU cores; later steps are unchanged.
     """
