@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import dataset
+from utils import dataset, rawframes
 from utils.config import Config
 
 SPLITS_FIXTURE = Path(__file__).resolve().parent / "data" / "hmdb51_splits"
@@ -202,8 +202,8 @@ def test_special_names_survive_indexing(tmp_path):
     assert (rows.loc[BRACKETS, "n_frames"], rows.loc[BRACKETS, "n_flows"]) == (5, 4)
     assert rows.loc[BRACKETS, "frames_path"] == frames
     assert index["n_frames"].sum() == 5 and index["has_video"].sum() == 4
-    assert dataset.count_frames(frames) == (5, 4)
-    assert dataset.count_frames(tmp_path / "missing") == (0, 0)
+    assert rawframes.count_frames(frames) == (5, 4)
+    assert rawframes.count_frames(tmp_path / "missing") == (0, 0)
 
 
 def test_partial_dataset_strict_raises(tmp_path):

@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import extract
-from utils.extract import (FAILURES_FILE, count_decodable_frames, extract_dataset, iter_frames, list_videos,
-                           main)
+from utils import extract_job, rawframes
+from utils.extract import extract_dataset, main
+from utils.extract_job import count_decodable_frames, iter_frames, list_videos
+from utils.rawframes import FAILURES_FILE
 from utils.flow import FlowMethodUnavailable, dequantize_flow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,7 +218,7 @@ def _live_group_members(pgid):
 
 def test_a_worker_whose_parent_already_died_exits():
     """A worker started just before its parent died missed PR_SET_PDEATHSIG: it must exit by itself."""
-    code = "import sys; from utils.extract import _init_worker; _init_worker(1, int(sys.argv[1])); print('ran')"
+    code = "import sys; from utils.extract_job import init_worker; init_worker(1, int(sys.argv[1])); print('ran')"
     orphan = subprocess.run([sys.executable, "-c", code, "999999999"], cwd=ROOT, capture_output=True, text=True)
     assert (orphan.returncode, orphan.stdout) == (1, "")
     adopted = subprocess.run([sys.executable, "-c", code, str(os.getpid())], cwd=ROOT, capture_output=True, text=True)
@@ -315,9 +316,9 @@ def test_missing_opencv_contrib_fails_early(tmp_path, monkeypatch, capsys):
 
 def test_chunks_do_not_change_the_output(tmp_path):
     video = write_video(tmp_path / "v.avi", 12)
-    settings = extract.ExtractionSettings(method="dis-fast")
-    assert extract.extract_video(video, tmp_path / "whole" / "v", settings=settings, chunk_frames=100) == 11
-    assert extract.extract_video(video, tmp_path / "chunked" / "v", settings=settings, chunk_frames=4) == 11
+    settings = extract_job.ExtractionSettings(method="dis-fast")
+    assert extract_job.extract_video(video, tmp_path / "whole" / "v", settings=settings, chunk_frames=100) == 11
+    assert extract_job.extract_video(video, tmp_path / "chunked" / "v", settings=settings, chunk_frames=4) == 11
     assert tree_bytes(tmp_path / "chunked") == tree_bytes(tmp_path / "whole")
 
 
@@ -368,7 +369,7 @@ def test_truncated_and_damaged_videos_are_extracted_with_a_warning_naming_them(t
     assert_complete(tmp_path / "out" / "golf" / "half", n_frames=decoded)
 
     def warnings_file():
-        with open(tmp_path / "out" / extract.WARNINGS_FILE, newline="") as file:
+        with open(tmp_path / "out" / rawframes.WARNINGS_FILE, newline="") as file:
             return [(Path(row["video"]).name, row["warning"]) for row in csv.DictReader(file)]
 
     rows = warnings_file()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from test_extract import assert_complete, write_video
 
-from utils import extract, extract_batched
-from utils.extract import FAILURES_FILE, extract_dataset
+from utils import extract_batched, extract_job, rawframes
+from utils.extract import extract_dataset
+from utils.rawframes import FAILURES_FILE
 from utils.flow import FLOW_METHODS, make_video_flow, register_flow_method
 
 CALL = 3      # pairs per flow call of the stand-in method
@@ -46,7 +47,7 @@ def batched_method(monkeypatch):
     flow = PairwiseBatched()
     monkeypatch.setitem(FLOW_METHODS, "test-batched", FLOW_METHODS["dis-ultrafast"])   # restored afterwards
     register_flow_method("test-batched", lambda: flow, batched=True)
-    monkeypatch.setattr(extract, "_worker_flow_fns", {})
+    monkeypatch.setattr(extract_job, "_flow_fns", {})
     return flow
 
 
@@ -84,8 +85,8 @@ def test_batched_pipeline_writes_what_the_serial_path_writes(videos, tmp_path, b
 
 def test_stats_and_interruption_leave_no_temporary_folder(videos, tmp_path, batched_method):
     out = tmp_path / "out"
-    jobs = [extract._Job(str(p), str(out / p.parent.name / p.stem), extract.ExtractionSettings(method="test-batched"))
-            for p in extract.list_videos(videos) if p.stat().st_size]
+    jobs = [extract_job.Job(str(p), str(out / p.parent.name / p.stem), extract_job.ExtractionSettings(method="test-batched"))
+            for p in extract_job.list_videos(videos) if p.stat().st_size]
     stats = extract_batched.PipelineStats()
     results = list(extract_batched.run_batched(jobs, batched_method, workers=2, stats=stats))
     assert sorted(r.frame_pairs for r in results) == [3, 3, 4, 5, 6] and stats.pairs == 21
@@ -94,7 +95,7 @@ def test_stats_and_interruption_leave_no_temporary_folder(videos, tmp_path, batc
     assert sorted({path for call in stats.calls for path, _, _ in call}) == sorted(j.video_path for j in jobs)
     # Stopped after the first finished video: the others' temporary folders are removed.
     interrupted = tmp_path / "interrupted"
-    jobs = [extract._Job(j.video_path, j.video_out_dir.replace(str(out), str(interrupted)), j.settings) for j in jobs]
+    jobs = [extract_job.Job(j.video_path, j.video_out_dir.replace(str(out), str(interrupted)), j.settings) for j in jobs]
     run = extract_batched.run_batched(jobs, batched_method, workers=2)
     first = next(run)
     run.close()
@@ -114,7 +115,7 @@ def test_per_video_method_without_pairs_is_called_once_per_video(videos, tmp_pat
 
     monkeypatch.setitem(FLOW_METHODS, "test-video", FLOW_METHODS["dis-ultrafast"])
     register_flow_method("test-video", lambda: whole_video, batched=True)
-    monkeypatch.setattr(extract, "_worker_flow_fns", {})
+    monkeypatch.setattr(extract_job, "_flow_fns", {})
     summary = extract_dataset(videos, tmp_path / "out", "test-video", workers=2, progress=False)
     assert summary.done == 5 and sorted(calls) == [4, 4, 5, 6, 7]
     reference = extract_dataset(videos, tmp_path / "ref", "dis-ultrafast", workers=1, progress=False)
@@ -146,7 +147,7 @@ def test_tvl1_keras_through_the_pipeline(tmp_path):
     for path in paths:
         video = tmp_path / "out" / "a" / path.stem
         assert_complete(video)
-        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in extract.iter_frames(path)])
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in extract_job.iter_frames(path)])
         alone = flow_fn(gray)
         stored = np.stack([read_flow_jpegs(video, i) for i in range(1, len(gray))])
         assert np.abs(np.clip(alone, -20, 20) - stored).mean() < 0.1          # quantisation step 0.16 px
@@ -175,6 +176,6 @@ def test_damaged_videos_get_the_same_warnings_and_failures(tmp_path, batched_met
     same = lambda text: re.sub(r"@ 0x[0-9a-f]+", "@ 0x?", text)     # noqa: E731 (FFmpeg's decoder address)
     assert (piped.done, piped.failed) == (serial.done, serial.failed) == (3, 1)
     assert len(piped.warnings) == len(serial.warnings) >= 2
-    for name in (FAILURES_FILE, extract.WARNINGS_FILE):
+    for name in (FAILURES_FILE, rawframes.WARNINGS_FILE):
         assert same((tmp_path / "piped" / name).read_text()) == same((tmp_path / "serial" / name).read_text()), name
     assert _tree(tmp_path / "piped") == _tree(tmp_path / "serial")

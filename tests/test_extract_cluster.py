@@ -6,7 +6,9 @@ import pytest
 from test_extract import write_video
 
 from utils import extract_cluster as cluster
-from utils.extract import FAILURES_FILE, extract_dataset, list_videos, main
+from utils.extract import extract_dataset, main
+from utils.extract_job import list_videos
+from utils.rawframes import FAILURES_FILE
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from utils import generators as g
+from utils import rawframes
 from utils.flow import FLOW_BOUND, quantize_flow, video_flow
 
 H, W, N_FRAMES = 48, 64, 16
@@ -48,9 +49,9 @@ def write_video(folder: Path, n_frames: int = N_FRAMES, height: int = H, width: 
         rgb[..., 0] = np.where(left, 200, 0)
         rgb[..., 1] = 10 * i
         rgb[: height // 2, :, 2], rgb[height // 2:, :, 2] = 50, 150
-        cv2.imwrite(str(g.frame_file(folder, i)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), JPEG)
+        cv2.imwrite(str(rawframes.frame_file(folder, i)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), JPEG)
     for t in range(1, n_frames):
-        x_path, y_path = g.flow_files(folder, t)
+        x_path, y_path = rawframes.flow_files(folder, t)
         cv2.imwrite(str(x_path), quantize_flow(np.where(left, flow_x(t), 0.0)), JPEG)
         cv2.imwrite(str(y_path), quantize_flow(np.where(left, flow_y(t), 0.0)), JPEG)
 
@@ -402,9 +403,9 @@ def test_real_clip_through_both_generators(tmp_path):
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames])
     flows = video_flow(gray, "dis-fast")
     for i, bgr in enumerate(frames, start=1):
-        cv2.imwrite(str(g.frame_file(folder, i)), bgr)
+        cv2.imwrite(str(rawframes.frame_file(folder, i)), bgr)
     for t, flow in enumerate(flows, start=1):
-        for path, component in zip(g.flow_files(folder, t), (flow[..., 0], flow[..., 1])):
+        for path, component in zip(rawframes.flow_files(folder, t), (flow[..., 0], flow[..., 1])):
             cv2.imwrite(str(path), quantize_flow(component))
     rows = pd.DataFrame([{"frames_path": folder, "label": 0, "n_frames": len(frames), "n_flows": len(flows)}])
     x, _ = g.SpatialFrames(rows, training=True, image_size=112, batch_size=1)[0]

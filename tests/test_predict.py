@@ -14,7 +14,8 @@ import pytest
 from utils import config as config_module
 from utils import models, predict
 from utils.demo_data import DEMO_CLASSES, make_demo_dataset
-from utils.extract import extract_dataset, list_videos
+from utils.extract import extract_dataset
+from utils.extract_job import list_videos
 
 REAL_CLIP = next((Path(__file__).resolve().parent / "data" / "hmdb51_clips" / "golf").iterdir())
 SMALL = dict(clips_per_class=3, test_per_split=1, unused_per_split=0, frames=(13, 14))

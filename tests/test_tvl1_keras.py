@@ -24,7 +24,7 @@ def _read_small(name: str) -> np.ndarray:
 
 
 def _opencv(frame0, frame1, **params):
-    return T._opencv_flow(frame0, frame1, T.TVL1Params(**params))
+    return T.opencv_flow(frame0, frame1, T.TVL1Params(**params))
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ import pandas as pd
 
 from . import split_formats
 from .config import Config
+from .rawframes import count_frames, file_names, read_failures
 
 SPLITS = (1, 2, 3)
 SPLIT_CODES = {0: "unused", 1: "train", 2: "test"}
@@ -352,30 +353,6 @@ def carve_validation(table: pd.DataFrame, split: int, val_fraction: float, seed:
 # --------------------------------------------------------------------------------------
 # The index
 # --------------------------------------------------------------------------------------
-def _files_in(folder: Path) -> set[str]:
-    try:
-        with os.scandir(folder) as entries:
-            return {e.name for e in entries}
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-
-
-def count_frames(frames_path) -> tuple[int, int]:
-    """``(n_frames, n_flows)``: numbers of ``img_*.jpg`` and ``flow_x_*.jpg`` in a folder (0, 0 if absent).
-
-    Uses ``os.scandir`` and plain string tests, never glob patterns: HMDB51 names contain
-    ``[``, ``]`` and other glob-special characters.
-    """
-    n_frames = n_flows = 0
-    for name in _files_in(Path(frames_path)):
-        if name.endswith(".jpg"):
-            if name.startswith("img_"):
-                n_frames += 1
-            elif name.startswith("flow_x_"):
-                n_flows += 1
-    return n_frames, n_flows
-
-
 def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = None) -> pd.DataFrame:
     """One row per video listed in ``cfg.splits_dir``, with its subset for ``cfg.split``.
 
@@ -403,7 +380,7 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
         warnings.warn(f"{len(unlisted)} folder(s) of {videos_dir} have no split files in {cfg.splits_dir}, so "
                       f"their videos are not in the index (never trained on or tested): {', '.join(unlisted)}; "
                       "add <class>_test_split<k>.txt files for them or move them out", stacklevel=2)
-    on_disk = {c: _files_in(videos_dir / c) for c in classes}
+    on_disk = {c: file_names(videos_dir / c) for c in classes}
     video_paths, has_video = [], []
     for class_name, filename, stem in zip(index["class_name"], index["filename"], index["video"]):
         names = on_disk[class_name]
@@ -413,7 +390,7 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
     index["video_path"] = video_paths
     index["has_video"] = has_video
 
-    extracted = {c: _files_in(frames_dir / c) for c in classes}  # skip scanning folders that do not exist
+    extracted = {c: file_names(frames_dir / c) for c in classes}  # skip scanning folders that do not exist
     index["frames_path"] = [frames_dir / c / v for c, v in zip(index["class_name"], index["video"])]
     counts = [count_frames(p) if v in extracted[c] else (0, 0)
               for c, v, p in zip(index["class_name"], index["video"], index["frames_path"])]
@@ -443,7 +420,7 @@ def unlisted_class_folders(videos_dir, classes) -> list[str]:
         return found
     for entry in entries:
         if entry.is_dir() and not entry.name.startswith(".") and entry.name not in set(classes):
-            n_files = sum(1 for name in _files_in(Path(entry.path)) if not name.startswith("."))
+            n_files = sum(1 for name in file_names(Path(entry.path)) if not name.startswith("."))
             found.append(f"{entry.name}/ ({n_files} files)")
     return found
 
@@ -479,7 +456,7 @@ def usable_videos(index: pd.DataFrame, stack_length: int | None = None, *, frame
     """
     if frames_dir is None and len(index):
         frames_dir = Path(index["frames_path"].iloc[0]).parent.parent
-    failed = _extraction_failures(frames_dir) if frames_dir is not None else {}
+    failed = read_failures(frames_dir) if frames_dir is not None else {}
     has_video = index["has_video"] if "has_video" in index else pd.Series(True, index=index.index)
     subset = index["subset"] if "subset" in index else pd.Series("", index=index.index)
     status, reasons = [], []
@@ -512,17 +489,6 @@ def usable_videos(index: pd.DataFrame, stack_length: int | None = None, *, frame
                                 f"--dataset ...): {len(not_extracted)} video(s) are on disk but have no frames "
                                 f"in {frames_dir}")
     return UsableVideos(index[~left_out], excluded, message)
-
-
-def _extraction_failures(frames_dir) -> dict[tuple[str, str], str]:
-    """``{(class, video stem): reason}`` from ``<frames_dir>/extraction_failures.csv`` ({} if absent)."""
-    from utils.extract import FAILURES_FILE
-
-    path = Path(frames_dir) / FAILURES_FILE
-    if not path.is_file():
-        return {}
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="replace")
-    return {(Path(v).parent.name, Path(v).stem): r for v, r in zip(table.get("video", []), table.get("reason", []))}
 
 
 def _excluded_message(excluded: pd.DataFrame, class_sizes: pd.Series, stack_length: int | None,

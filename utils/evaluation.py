@@ -652,7 +652,7 @@ def _input_geometry(model, stream: str, image_size: int, stack_length: int) -> t
 
 def extraction_settings(cfg: Config) -> dict | None:
     """The extraction's settings (flow method, frame size, ...) from ``rawframes/extraction_settings.json``."""
-    from utils.extract import read_extraction_settings
+    from utils.rawframes import read_extraction_settings
 
     return read_extraction_settings(cfg.frames_dir)
 

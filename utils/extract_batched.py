@@ -11,7 +11,8 @@ Frame pairs of several videos of the same size share one flow call (``flow_fn.pa
 a GPU batch as well as long ones. Decoding runs ahead of the flow by a bounded number of pairs
 (memory stays bounded); flows are written while the next batch is computed.
 
-The output is the same as :func:`utils.extract.extract_video`'s, file for file: each video is
+The output is the same as :func:`utils.extract_job.extract_video`'s, file for file (the workers run
+:func:`utils.extract_job.decode_video` and :func:`utils.extract_job.write_flows`): each video is
 written to ``.tmp-<video>-<pid of this process>`` and renamed when its last flow is written, so
 a video's folder exists only when complete; a video that cannot be read is returned as a failure
 with the same reason, a damaged one with the same warnings. An interrupted run removes the
@@ -30,57 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 
-from utils.extract import (TMP_PREFIX, ExtractionSettings, VideoReadError, _decoder_messages, _encode_jpeg,
-                           _init_worker, _Job, _Result, header_frame_count, iter_frames, missing_frames_warning,
-                           output_size)
-from utils.flow import quantize_flow
-
-
-# --- the work of the worker processes -------------------------------------------------------------
-def decode_video(video_path: str, tmp_dir: str, settings: ExtractionSettings) -> tuple[np.ndarray, list[str]]:
-    """Write a video's ``img_*.jpg`` into ``tmp_dir``; return its grayscale frames uint8[T, H, W]
-    and its warnings (damaged?).
-
-    Frames are resized and encoded, and the reasons and warnings worded, exactly as
-    :func:`utils.extract.extract_video` and the local workers do.
-    """
-    folder = Path(tmp_dir)
-    target, gray, messages = None, [], []           # FFmpeg's messages, about this video
-    try:
-        with _decoder_messages(messages):
-            for frame in iter_frames(video_path, settings.max_frames):
-                if target is None:
-                    target = output_size(frame.shape[1], frame.shape[0], settings.size, settings.short_side)
-                if (frame.shape[1], frame.shape[0]) != target:
-                    shrink = target[0] * target[1] < frame.shape[0] * frame.shape[1]
-                    frame = cv2.resize(frame, target, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-                (folder / f"img_{len(gray) + 1:05d}.jpg").write_bytes(_encode_jpeg(frame, settings.jpeg_quality))
-                gray.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-            if not gray:
-                raise VideoReadError("no decodable frames")
-            if len(gray) == 1:
-                raise VideoReadError("only 1 decodable frame; optical flow needs at least 2")
-            announced = header_frame_count(video_path)
-    except VideoReadError as error:
-        raise VideoReadError(str(error) + (f" (FFmpeg: {messages[0]!r})" if messages else "")) from None
-    notes = [note for note in [missing_frames_warning(len(gray), announced, settings.max_frames)] if note]
-    if messages:
-        notes.append(f"FFmpeg reported {len(messages)} decoding error(s), e.g. {messages[0]!r}: the file is "
-                     "damaged in places (those frames may show blocks or smears)")
-    return np.stack(gray), notes
-
-
-def write_flows(tmp_dir: str, first_index: int, flows: np.ndarray, settings: ExtractionSettings) -> int:
-    """Quantise flows ``first_index, first_index + 1, ...`` (1-based) and write them as JPEGs."""
-    folder = Path(tmp_dir)
-    for offset, flow in enumerate(quantize_flow(flows, settings.flow_bound)):
-        index = first_index + offset
-        (folder / f"flow_x_{index:05d}.jpg").write_bytes(_encode_jpeg(flow[..., 0], settings.jpeg_quality))
-        (folder / f"flow_y_{index:05d}.jpg").write_bytes(_encode_jpeg(flow[..., 1], settings.jpeg_quality))
-    return len(flows)
+from utils.extract_job import (Job, Result, VideoReadError, decode_video, failure, init_worker, move_into_place,
+                               tmp_folder, write_flows)
 
 
 # --- the main process ---------------------------------------------------------------------------
@@ -110,7 +64,7 @@ class PipelineStats:
 
 @dataclass(eq=False)
 class _Video:
-    job: _Job
+    job: Job
     tmp_dir: Path
     frames: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
@@ -171,24 +125,21 @@ def _compute(flow_fn, segments: list[tuple[_Video, int, int]]) -> np.ndarray:
     return np.asarray(flow_fn.pairs(frames0, frames1), np.float32)
 
 
-def _finish(video: _Video) -> _Result:
+def _finish(video: _Video) -> Result:
     """Rename a complete video's folder into place (or clean up a failed one); its result."""
     if video.error is not None:
         shutil.rmtree(video.tmp_dir, ignore_errors=True)
-        return _Result(video.job.video_path, error=video.error, details=video.details)
-    final = Path(video.job.video_out_dir)
+        return Result(video.job.video_path, error=video.error, details=video.details)
     try:
-        os.rename(video.tmp_dir, final)
+        move_into_place(video.tmp_dir, Path(video.job.video_out_dir))
     except OSError:
-        if not final.is_dir():            # a finished folder already there is fine (a parallel run)
-            shutil.rmtree(video.tmp_dir, ignore_errors=True)
-            raise
         shutil.rmtree(video.tmp_dir, ignore_errors=True)
-    return _Result(video.job.video_path, frame_pairs=video.pairs, warnings=video.warnings)
+        raise
+    return Result(video.job.video_path, frame_pairs=video.pairs, warnings=video.warnings)
 
 
-def run_batched(jobs: Sequence[_Job], flow_fn, workers: int, opencv_threads: int = 1, *,
-                stats: PipelineStats | None = None, prefetch_batches: float = 2.0) -> Iterator[_Result]:
+def run_batched(jobs: Sequence[Job], flow_fn, workers: int, opencv_threads: int = 1, *,
+                stats: PipelineStats | None = None, prefetch_batches: float = 2.0) -> Iterator[Result]:
     """Extract ``jobs`` with the batched ``flow_fn`` here and ``workers`` processes for the rest.
 
     ``flow_fn`` has ``pairs(frames0, frames1)`` (uint8[N, H, W] x2 -> float32[N, H, W, 2]); one
@@ -200,7 +151,7 @@ def run_batched(jobs: Sequence[_Job], flow_fn, workers: int, opencv_threads: int
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")    # safe with threads, CUDA and notebooks
     pool = concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=context,
-                                                  initializer=_init_worker, initargs=(opencv_threads, os.getpid()))
+                                                  initializer=init_worker, initargs=(opencv_threads, os.getpid()))
     todo = deque(jobs)
     decoding: dict[concurrent.futures.Future, _Video] = {}
     writing: dict[concurrent.futures.Future, _Video] = {}
@@ -214,8 +165,7 @@ def run_batched(jobs: Sequence[_Job], flow_fn, workers: int, opencv_threads: int
             budget = prefetch_batches * max(sizes.values(), default=64)
             while todo and len(decoding) < max(1, workers) and batches.total() < budget:
                 job = todo.popleft()
-                video = _Video(job, Path(job.video_out_dir).with_name(
-                    f"{TMP_PREFIX}{Path(job.video_out_dir).name}-{os.getpid()}"))
+                video = _Video(job, tmp_folder(job.video_out_dir))
                 shutil.rmtree(video.tmp_dir, ignore_errors=True)
                 video.tmp_dir.mkdir(parents=True)
                 unfinished.add(video)
@@ -233,16 +183,17 @@ def run_batched(jobs: Sequence[_Job], flow_fn, workers: int, opencv_threads: int
                     except VideoReadError as error:
                         video.error = str(error)
                     except Exception as error:  # noqa: BLE001 - one bad video must not stop a dataset run
-                        video.error = f"{type(error).__name__}: {str(error).strip()}"
-                        video.details = _remote_traceback(error)
+                        failed = failure(video.job.video_path, error, _remote_traceback(error))
+                        video.error, video.details = failed.error, failed.details
                 else:
                     video = writing.pop(future)
                     video.writes -= 1
                     try:
                         future.result()
                     except Exception as error:  # noqa: BLE001
-                        video.error = video.error or f"{type(error).__name__}: {str(error).strip()}"
-                        video.details = video.details or _remote_traceback(error)
+                        failed = failure(video.job.video_path, error, _remote_traceback(error))
+                        video.error = video.error or failed.error
+                        video.details = video.details or failed.details
                 if video in unfinished and video.finished:
                     unfinished.remove(video)
                     yield _finish(video)

@@ -2,7 +2,7 @@
 
 * ``--ray [ADDRESS]`` (:func:`run_ray`): one Ray task per video (``ray.init(address=ADDRESS)``; a
   local Ray instance when no address is given). Each task runs the same per-video extraction as a
-  local worker process (:func:`utils.extract._run_job`: a hidden temporary folder renamed when
+  local worker process (:func:`utils.extract_job.run_job`: a hidden temporary folder renamed when
   complete) into the output folder, which must be shared by every node; the driver skips finished
   videos, collects the failures and writes the one failures file, as a local run does.
 * ``--shard K/N`` (:func:`shard_videos`): this run takes videos K, K+N, K+2N, ... of the sorted list
@@ -25,7 +25,8 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 
 from utils.config import REPO_ROOT
-from utils.extract import TMP_PREFIX, _Job, _Result, _run_job
+from utils.extract_job import Job, Result, run_job
+from utils.rawframes import TMP_PREFIX
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -77,10 +78,10 @@ def remove_own_tmp(video_out_dirs: Iterable[str | Path]) -> int:
     return removed
 
 
-def _ray_task(job: _Job, opencv_threads: int) -> _Result:
+def _ray_task(job: Job, opencv_threads: int) -> Result:
     """One video in a Ray worker process: the local workers' function, OpenCV threads set."""
     cv2.setNumThreads(opencv_threads)
-    return _run_job(job)
+    return run_job(job)
 
 
 def ray_cpus(address: str | None) -> int:
@@ -102,7 +103,7 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
 
 
-def run_ray(jobs: Sequence[_Job], address: str | None, opencv_threads: int = 1) -> Iterator[_Result]:
+def run_ray(jobs: Sequence[Job], address: str | None, opencv_threads: int = 1) -> Iterator[Result]:
     """Extract ``jobs`` as one Ray task each (``opencv_threads`` CPUs per task); results as they finish."""
     _init_ray(address)
     import ray

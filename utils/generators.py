@@ -45,9 +45,9 @@ before ``fit(..., initial_epoch=initial_epoch)`` and the resumed epochs see the 
 uninterrupted run. (``fit`` additionally shuffles the order of whole batches with Python's
 ``random``; ``keras.utils.set_random_seed`` fixes that, or pass ``shuffle=False``.)
 
-Raw loaders (``read_frame``, ``read_flow_stack``) build file names as ``img_{i:05d}.jpg`` /
-``flow_x_{i:05d}.jpg`` / ``flow_y_{i:05d}.jpg``; HMDB51 video names contain ``[ ] ( ) ! + &`` so
-nothing here ever globs.
+Raw loaders (``read_frame``, ``read_flow_stack``) take file names from :mod:`utils.rawframes`
+(``img_{i:05d}.jpg`` / ``flow_x_{i:05d}.jpg`` / ``flow_y_{i:05d}.jpg``); HMDB51 video names contain
+``[ ] ( ) ! + &`` so nothing here ever globs.
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ import keras
 import numpy as np
 
 from utils.flow import FLOW_BOUND, dequantize_flow, draw_flow_colour_key, flow_to_color
+from utils.rawframes import flow_files, frame_file
 
 TRAIN_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)   # crop side / short side, TSN's multi-scale crop
 EVAL_CROP_SCALE = 0.875                        # deterministic centre crop at evaluation
@@ -89,17 +90,6 @@ def default_preprocess(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # Raw loaders
 # ----------------------------------------------------------------------------------------
-def frame_file(frames_path: PathLike, i: int) -> Path:
-    """``<frames_path>/img_{i:05d}.jpg`` (``i`` is 1-based)."""
-    return Path(frames_path) / f"img_{int(i):05d}.jpg"
-
-
-def flow_files(frames_path: PathLike, i: int) -> tuple[Path, Path]:
-    """``(flow_x_{i:05d}.jpg, flow_y_{i:05d}.jpg)`` in ``frames_path`` (flow ``i`` = frame ``i -> i+1``)."""
-    folder = Path(frames_path)
-    return folder / f"flow_x_{int(i):05d}.jpg", folder / f"flow_y_{int(i):05d}.jpg"
-
-
 def _imread(path: Path, flags: int) -> np.ndarray:
     image = cv2.imread(str(path), flags)
     if image is None:

@@ -6,7 +6,7 @@
 
 The clip goes through the pipeline's own steps, with the pipeline's functions:
 
-1. frames and optical flow by :func:`utils.extract.extract_video`, with the run's flow method,
+1. frames and optical flow by :func:`utils.extract_job.extract_video`, with the run's flow method,
    frame size and JPEG storage, into a temporary rawframes folder that is deleted at the end
    (the network sees exactly what it saw in training: the same resizing, clipping and quantisation);
 2. each stream's video score by the whole-video protocol of :func:`utils.evaluation.score_videos`,
@@ -102,8 +102,7 @@ def save_run_info(cfg: Config, index: pd.DataFrame | None = None) -> Path:
     """
     import cv2
 
-    from utils.extract import SETTINGS_FILE
-    from utils.generators import frame_file
+    from utils.rawframes import SETTINGS_FILE, frame_file
 
     if index is None:
         from utils.dataset import build_index
@@ -153,12 +152,12 @@ def load_run_info(run: str, dataset: str | None = None) -> dict:
 
 
 def clip_settings(info: dict, flow_method: str | None = None, max_frames: int | None = None):
-    """:class:`utils.extract.ExtractionSettings` for a new clip: the run's extraction, same frame size.
+    """:class:`utils.extract_job.ExtractionSettings` for a new clip: the run's extraction, same frame size.
 
     Frames are resized as the training frames were (``size`` / ``short_side``), or, if those were
     stored at their native size, to the short side of the training frames.
     """
-    from utils.extract import ExtractionSettings
+    from utils.extract_job import ExtractionSettings
 
     extraction = dict(info.get("extraction") or {})
     method = flow_method or extraction.get("method") or "tvl1"
@@ -213,8 +212,9 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
     """Both streams of ``run`` and their average on one clip (whole-video protocol); see the module docstring."""
     from utils import flow as flow_lib
     from utils import generators
-    from utils.dataset import count_frames, video_metadata
-    from utils.extract import VideoReadError, extract_video
+    from utils.dataset import video_metadata
+    from utils.extract_job import VideoReadError, extract_video
+    from utils.rawframes import count_frames
 
     video = Path(video)
     if not video.is_file():

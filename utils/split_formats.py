@@ -22,8 +22,10 @@ and the validation carve-out of :func:`utils.dataset.carve_validation` moves who
 (The folder and the file name may spell a class differently: ``HandstandPushups/
 v_HandStandPushups_g01_c01.avi``; the folder is the class.)
 
-mmaction2's ``<dataset>_{train,val}_split_{1,2,3}_rawframes.txt`` lists are read by
-:mod:`utils.mmaction_lists`, in ``splits/`` or, where mmaction2 writes them, in the dataset folder.
+mmaction2's ``<dataset>_{train,val}_split_{1,2,3}_rawframes.txt`` lists (lines ``<class>/<video>
+<total_frames> <label>``, the format of mmaction2's ``RawframeDataset``; ``val`` is the official test
+split) are read in ``splits/`` or, where mmaction2 writes them, in the dataset folder;
+:mod:`utils.mmaction_lists` writes them.
 """
 from __future__ import annotations
 
@@ -33,8 +35,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from .mmaction_lists import find_list_folder, find_lists, load_list_splits
-
 SPLITS = (1, 2, 3)
 FORMATS = ("hmdb51", "ucf101", "mmaction2")
 VIDEO_EXTENSIONS = (".avi", ".mp4")
@@ -42,6 +42,8 @@ UCF101_CLASS_INDEX = "classInd.txt"
 _HMDB51_FILE = re.compile(r"^.+_test_split\d+\.txt$")
 _UCF101_LIST = re.compile(r"^(?:train|test)list\d+\.txt$", re.IGNORECASE)
 _UCF101_NAME = re.compile(r"^v_(?P<name>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
+SUBSET_ROLES = {"train": "train", "val": "test"}   # mmaction2 list subset -> role in the split table
+_LIST_FILE = re.compile(r"^(?P<dataset>.+)_(?P<subset>train|val)_split_(?P<split>\d+)_rawframes\.txt$")
 
 
 def ucf101_list_name(kind: str, split: int) -> str:
@@ -207,4 +209,128 @@ def load_ucf101_splits(splits_dir) -> pd.DataFrame:
                          columns=["class_name", "filename", "video", "split1", "split2", "split3"])
     present = set(table["class_name"])
     table.attrs["class_names"] = [c for c in classes if c in present]
+    return table
+
+
+# --------------------------------------------------------------------------------------
+# mmaction2 rawframe lists
+# --------------------------------------------------------------------------------------
+def list_file_name(dataset_name: str, subset: str, split: int) -> str:
+    """``<dataset>_<train|val>_split_<k>_rawframes.txt``, mmaction2's name."""
+    return f"{dataset_name}_{subset}_split_{split}_rawframes.txt"
+
+
+def find_lists(folder) -> dict[tuple[str, int], Path]:
+    """``{("train", 1): path, ("val", 1): path, ...}`` of the list files in ``folder``.
+
+    All must belong to one dataset name, and each split needs both its train and val file.
+    """
+    folder = Path(folder)
+    found: dict[str, dict[tuple[str, int], Path]] = {}
+    try:
+        entries = [e for e in os.scandir(folder) if e.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    for entry in entries:
+        match = _LIST_FILE.match(entry.name)
+        if match:
+            split = int(match["split"])
+            if split not in SPLITS:
+                raise ValueError(f"{entry.path}: split number must be 1, 2 or 3")
+            found.setdefault(match["dataset"], {})[(match["subset"], split)] = Path(entry.path)
+    if len(found) > 1:
+        raise ValueError(f"{folder} holds mmaction2 lists of several datasets ({', '.join(sorted(found))}); "
+                         "keep the lists of one dataset per folder")
+    lists = next(iter(found.values()), {})
+    for split in sorted({k for _, k in lists}):
+        for subset in SUBSET_ROLES:
+            if (subset, split) not in lists:
+                other = lists[("val" if subset == "train" else "train", split)]
+                raise FileNotFoundError(f"{folder}: {other.name} is there but not its {subset} list "
+                                        f"(split {split} needs both the train and the val list)")
+    return lists
+
+
+def find_list_folder(splits_dir) -> Path | None:
+    """``splits_dir`` or the dataset folder above it, whichever holds mmaction2 list files first."""
+    splits_dir = Path(splits_dir)
+    for folder in (splits_dir, splits_dir.parent):
+        if find_lists(folder):
+            return folder
+    return None
+
+
+def read_list(path) -> list[tuple[str, str, int, int, int]]:
+    """``[(class_name, video, total_frames, label, line_no), ...]`` of one rawframe list file.
+
+    Lines ``<class>/<video> <total_frames> <label>``; blank lines are skipped. Errors name the
+    file and line: a folder without its class (a ``--level 1`` list), several labels (multi-label
+    lists), numbers that are not integers, a video listed twice.
+    """
+    path = Path(path)
+    entries = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            where = f"{path}, line {line_no}: {line.strip()!r}"
+            if len(parts) != 3:
+                raise ValueError(f"{where}: expected '<class>/<video> <total_frames> <label>' "
+                                 "(multi-label and offset lists are not supported)")
+            folder, frames_text, label_text = parts
+            if folder.strip("/").count("/") != 1:
+                raise ValueError(f"{where}: the folder must be '<class>/<video>' under rawframes/ "
+                                 "(a list built with --level 1 has no class folder)")
+            if not (frames_text.isdigit() and label_text.isdigit()):
+                raise ValueError(f"{where}: total_frames and label must be non-negative integers")
+            class_name, video = folder.strip("/").split("/")
+            if folder in seen:
+                raise ValueError(f"{where}: {folder!r} already listed on line {seen[folder]}")
+            seen[folder] = line_no
+            entries.append((class_name, video, int(frames_text), int(label_text), line_no))
+    if not entries:
+        raise ValueError(f"list file is empty: {path}")
+    return entries
+
+
+def load_list_splits(splits_dir) -> pd.DataFrame:
+    """mmaction2 rawframe lists (see :func:`find_list_folder`) as the split table of ``utils.dataset``.
+
+    A video is "train" in split k when the train list of split k has it, "test" when the val list
+    has it, "unused" otherwise. Each class folder must carry one label and each label one class;
+    the labels give the class order (``table.attrs["class_names"]``).
+    """
+    folder = find_list_folder(splits_dir)
+    if folder is None:
+        raise FileNotFoundError(f"no <dataset>_{{train,val}}_split_<k>_rawframes.txt in {splits_dir} "
+                                f"or {Path(splits_dir).parent}")
+    lists = find_lists(folder)
+    rows: dict[str, dict] = {}
+    label_of: dict[str, tuple[int, str]] = {}   # class -> (label, where)
+    class_of: dict[int, str] = {}
+    for (subset, split), path in sorted(lists.items(), key=lambda item: (item[0][1], item[0][0])):
+        for class_name, video, _, label, line_no in read_list(path):
+            where = f"{path}, line {line_no}"
+            if class_name in label_of and label_of[class_name][0] != label:
+                raise ValueError(f"{where}: class {class_name!r} has label {label} here but "
+                                 f"{label_of[class_name][0]} at {label_of[class_name][1]}")
+            if class_of.setdefault(label, class_name) != class_name:
+                raise ValueError(f"{where}: label {label} is class {class_name!r} here but "
+                                 f"{class_of[label]!r} elsewhere")
+            label_of.setdefault(class_name, (label, where))
+            row = rows.setdefault(video, {"class_name": class_name, "filename": f"{video}.avi", "video": video,
+                                          **{f"split{s}": "unused" for s in SPLITS}})
+            if row["class_name"] != class_name:
+                raise ValueError(f"{where}: video {video!r} is under class {class_name!r} here and "
+                                 f"under {row['class_name']!r} elsewhere")
+            if row[f"split{split}"] != "unused":
+                raise ValueError(f"{where}: video {class_name}/{video} is in both lists of split {split}")
+            row[f"split{split}"] = SUBSET_ROLES[subset]
+    classes = [class_of[label] for label in sorted(class_of)]
+    order = {name: i for i, name in enumerate(classes)}
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: (order[r["class_name"]], r["video"])),
+                         columns=["class_name", "filename", "video", "split1", "split2", "split3"])
+    table.attrs["class_names"] = classes
     return table

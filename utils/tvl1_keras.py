@@ -724,7 +724,8 @@ make_tvl1_keras = make_video_flow
 
 
 # --- benchmark: speed and parity with OpenCV ------------------------------------------------------
-def _opencv_flow(frame0: np.ndarray, frame1: np.ndarray, params: TVL1Params) -> np.ndarray:
+def opencv_flow(frame0: np.ndarray, frame1: np.ndarray, params: TVL1Params) -> np.ndarray:
+    """OpenCV's own Dual TV-L1 on one pair with the same parameters: the reference this solver matches."""
     import cv2
     # A fresh object per pair: OpenCV lowers its own nscales for small images and keeps it.
     return cv2.optflow.DualTVL1OpticalFlow_create(**params.opencv_kwargs()).calc(frame0, frame1, None)
@@ -777,7 +778,7 @@ def parity(flow_method: TVL1Keras, pairs_dir: str | Path, scale: float = 1.0, re
             size = (round(frame0.shape[1] * scale), round(frame0.shape[0] * scale))
             frame0, frame1 = (cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in (frame0, frame1))
         start = time.perf_counter()
-        reference = _opencv_flow(frame0, frame1, flow_method.params)
+        reference = opencv_flow(frame0, frame1, flow_method.params)
         opencv_s = time.perf_counter() - start
         for _ in range(2 if repeat else 1):
             start = time.perf_counter()
@@ -860,7 +861,7 @@ def benchmark(video: str | Path | None = TEST_CLIPS, pairs_dir: str | Path | Non
             keras_s = time.perf_counter() - start
         k = min(opencv_pairs, n)
         start = time.perf_counter()
-        reference = np.stack([_opencv_flow(frames[i], frames[i + 1], flow.params) for i in range(k)])
+        reference = np.stack([opencv_flow(frames[i], frames[i + 1], flow.params) for i in range(k)])
         opencv_s = time.perf_counter() - start
         result.update(video=video.name, size=f"{frames.shape[2]}x{frames.shape[1]}", pairs=n, call=call,
                       slots=slots, chunk=flow.chunk, steps_per_level=flow.last_steps,

@@ -132,7 +132,7 @@ class Bench:
                          f"{format_value(r.value):>10s} {r.unit}")
 
     def clips(self, limit: int | None = None, native_size: tuple[int, int] | None = None) -> list[Path]:
-        from utils.extract import list_videos
+        from utils.extract_job import list_videos
         clips = list_videos(self.s.videos)
         if not clips:
             raise FileNotFoundError(f"no videos under {self.s.videos} (expected <class>/<video>.avi)")
@@ -142,7 +142,7 @@ class Bench:
 
     def gray_pairs_clip(self, clip: Path, n_pairs: int) -> np.ndarray:
         """``n_pairs + 1`` consecutive grayscale frames from the middle of a clip, uint8[T, H, W]."""
-        from utils.extract import iter_frames
+        from utils.extract_job import iter_frames
         frames = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in iter_frames(clip)]
         if len(frames) < 2:
             raise ValueError(f"{clip}: fewer than 2 decodable frames")
@@ -179,7 +179,7 @@ class Bench:
     def rawframes_index(self, min_flows: int):
         """An index DataFrame over extracted fixture clips (extracting a few with a fast method if needed)."""
         import pandas as pd
-        from utils.dataset import count_frames
+        from utils.rawframes import count_frames
         from utils.extract import extract_dataset
         source = None
         for folder in self.rawframes.values():

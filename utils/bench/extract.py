@@ -91,7 +91,7 @@ def _cpu_side_worker(worker: int, clip: str, flows: np.ndarray, settings, folder
                      barrier, results) -> None:
     """One of N processes: decode ``clip`` (RGB JPEGs) and write ``flows`` (quantise, 2 JPEGs) until
     ``min_time`` passed; reports the pairs done. The work of utils.extract_batched's workers."""
-    from utils.extract_batched import decode_video, write_flows
+    from utils.extract_job import decode_video, write_flows
     try:
         cv2.setNumThreads(1)
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def stage_extract_cpu(bench: Bench) -> None:
     The flows written are DIS-medium flows of the same clips (real content: JPEG size and time
     depend on it). Each process count is measured ``--repeats`` times; the best run counts (other
     work on the machine only slows a run down) and the spread is in the note."""
-    from utils.extract import ExtractionSettings
+    from utils.extract_job import ExtractionSettings
     from utils.flow import make_video_flow
     frames_per_clip = bench.s.max_frames or 32
     clips = bench.clips(native_size=FLOW_SIZE)[:max(1, bench.cores)]
@@ -183,7 +183,7 @@ def stage_extract_batched(bench: Bench) -> None:
     flow call is full, so both measurements run the same compiled programs, and the flow alone
     replays each pipeline run's calls pair for pair right after it. ``--repeats`` such pairs of
     runs; the figures are their means (the ratio: the mean of the pairs' ratios)."""
-    from utils.extract import ExtractionSettings, _Job, iter_frames
+    from utils.extract_job import ExtractionSettings, Job, iter_frames
     from utils.extract_batched import PipelineStats, run_batched
     from utils.bench.tvl1 import tvl1_keras
     flow_fn = tvl1_keras(bench)
@@ -202,7 +202,7 @@ def stage_extract_batched(bench: Bench) -> None:
         target.symlink_to(clip.resolve())
     settings = ExtractionSettings(method="tvl1-keras", max_frames=per_video + 1,
                                   size=bench.s.tvl1_size, method_options=dict(bench.s.tvl1_keras_options))
-    from utils.extract import list_videos
+    from utils.extract_job import list_videos
     videos = list_videos(videos_dir)
     gray = {}
     for video in videos:
@@ -227,7 +227,7 @@ def stage_extract_batched(bench: Bench) -> None:
     first = next(iter(gray.values()))
     flow_fn.pairs(first[:-1][:call], first[1:][:call])          # warm-up: compiles (shared with tvl1keras)
     out_dir = bench.workdir / "rawframes-batched"
-    jobs = [_Job(str(v), str(out_dir / v.parent.name / v.stem), settings) for v in videos]
+    jobs = [Job(str(v), str(out_dir / v.parent.name / v.stem), settings) for v in videos]
     flow_runs, runs = [], []
 
     def pipeline() -> None:

@@ -100,7 +100,8 @@ def stage_generators(bench: Bench) -> None:
 def reduced_decode(bench: Bench, index) -> None:
     """OpenCV's IMREAD_REDUCED_GRAYSCALE_2 (decode at half size) for the flow JPEGs: the decode time
     saved, and how far the 224x224 stacks it gives are from today's (not used: see the figures)."""
-    from utils.generators import centre_crop_box, flow_files, flow_stack_input, read_flow_uint8
+    from utils.generators import centre_crop_box, flow_stack_input, read_flow_uint8
+    from utils.rawframes import flow_files
     folder, n_flows = index.frames_path.iloc[0], int(index.n_flows.iloc[0])
     path = flow_files(folder, 1)[0]
     timings = {}

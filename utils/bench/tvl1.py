@@ -121,7 +121,7 @@ def _parity(bench: Bench, keras_fn, device: str, compile_s: float) -> None:
     smallest pair only unless ``--tvl1keras-gt-pairs`` says otherwise; a GPU run and the device
     check check them all while the stage has time."""
     from utils.flow import endpoint_error, read_flo
-    from utils.tvl1_keras import _opencv_flow     # a fresh OpenCV object per pair, same parameters
+    from utils.tvl1_keras import opencv_flow     # a fresh OpenCV object per pair, same parameters
     gt_pairs = sorted(bench.gt_pairs(), key=lambda p: (read_gray(p / "frame1.png").size, p.name))
     limit = bench.s.tvl1_keras_gt_pairs
     if limit is None:
@@ -142,7 +142,7 @@ def _parity(bench: Bench, keras_fn, device: str, compile_s: float) -> None:
         ours_epe = endpoint_error(ours, gt)
         bench.add(row("tvl1keras", "tvl1-keras", pair.name, "epe_px", ours_epe, device=device))
         if opencv_here:
-            reference = _opencv_flow(prev, nxt, keras_fn.params)
+            reference = opencv_flow(prev, nxt, keras_fn.params)
             opencv_epe, status, note = endpoint_error(reference, gt), "measured", "OpenCV in this run"
             bench.add(row("tvl1keras", "tvl1-keras", pair.name, "epe_vs_opencv_px",
                           float(np.linalg.norm(ours - reference, axis=-1).mean()), device=device))
