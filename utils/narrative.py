@@ -155,17 +155,15 @@ def margins_reading(scores: Scores, name: str = "fusion (average)", threshold: f
     margins = fusion_margins(scores)
     n, right = len(margins), int((margins > 0).sum())
     close = int(((margins > 0) & (margins < threshold)).sum())
-    smallest = float(margins[margins > 0].min()) if right else float("nan")
-    text = (f"In this run: {name} gets {right} of {n} test videos right. The margin of a video (the true "
-            f"class's probability minus the best other class's) is at least {smallest:.3f} on the right "
-            f"ones, and {close} of them {'is' if close == 1 else 'are'} won by less than {threshold:.2f}")
-    if close:
-        text += (": a small change in either stream (another seed, one more epoch) can flip those, so "
-                 "read the accuracy as fragile, not as solved.")
-    else:
-        text += "."
+    text = f"In this run: {name} gets {right} of {n} test videos right."
+    if right:
+        text += (f" The margin of a video (the true class's probability minus the best other class's) is at "
+                 f"least {float(margins[margins > 0].min()):.3f} on the right ones, and {close} of them "
+                 f"{'is' if close == 1 else 'are'} won by less than {threshold:.2f}")
+        text += (": a small change in either stream (another seed, one more epoch) can flip those, so read "
+                 "the accuracy as fragile, not as solved." if close else ".")
     if right < n:
-        text += f" {n - right} are wrong (negative margin)."
+        text += f" {n - right} are wrong (margin at most 0)."
     return Reading(text)
 
 
