@@ -39,6 +39,26 @@ def flow_speed_scale(stacks: Sequence[np.ndarray], pairs: Sequence[int] | None =
     return max(float(np.percentile(np.concatenate(speeds), 99)), 1e-6) * FLOW_BOUND   # stacks: units of 20 px
 
 
+def input_strip_figure(x: np.ndarray, titles: Sequence[str], colours: Sequence[str] | None = None,
+                       pair: int | None = None, height: float = 2.5) -> Figure:
+    """Network inputs in a row, each with its title: frames as pictures, flow stacks as the colour picture
+    of flow pair ``pair`` (default: the middle one) on one speed scale, with the colour key."""
+    n = len(titles)
+    is_flow = x.shape[-1] != 3
+    k = (x.shape[-1] // 4 if pair is None else pair) if is_flow else 0
+    scale = flow_speed_scale(x[:n], [k]) if is_flow else None
+    fig = Figure(figsize=(2.2 * (n + KEY_WIDTH * is_flow), height))
+    axes = fig.subplots(1, n + is_flow, squeeze=False, width_ratios=[1] * n + [KEY_WIDTH] * is_flow)[0]
+    for ax, xi, title, colour in zip(axes, x[:n], titles, colours or ["black"] * n):
+        ax.imshow(input_picture(xi, k, scale))
+        ax.set_title(title, fontsize=MIN_FONT, color=colour)
+        ax.axis("off")
+    if is_flow:
+        draw_flow_colour_key(axes[-1], scale, fontsize=MIN_FONT)
+    fig.tight_layout()
+    return fig
+
+
 def predictions_figure(x: np.ndarray, labels: Sequence[int], scores: np.ndarray, class_names: Sequence[str],
                        max_items: int = 8, pair: int | None = None) -> Figure:
     """Inputs with their true class and the predicted one (green: right, red: wrong) and its probability.
@@ -46,41 +66,18 @@ def predictions_figure(x: np.ndarray, labels: Sequence[int], scores: np.ndarray,
     Flow stacks show flow pair ``pair`` (default: the middle one) on one colour scale, with the key.
     """
     n = min(max_items, len(x))
-    is_flow = x.shape[-1] != 3
-    k = (x.shape[-1] // 4 if pair is None else pair) if is_flow else 0
-    scale = flow_speed_scale(x[:n], [k]) if is_flow else None
-    fig = Figure(figsize=(2.3 * (n + KEY_WIDTH * is_flow), 2.9))
-    axes = fig.subplots(1, n + is_flow, squeeze=False, width_ratios=[1] * n + [KEY_WIDTH] * is_flow)[0]
-    for ax, xi, yi, si in zip(axes, x[:n], labels[:n], scores[:n]):
-        predicted = int(np.argmax(si))
-        ax.imshow(input_picture(xi, k, scale))
-        ax.set_title(f"true: {class_names[int(yi)]}\npred: {class_names[predicted]} ({si[predicted]:.2f})",
-                     fontsize=9, color="green" if predicted == int(yi) else "red")
-        ax.axis("off")
-    if is_flow:
-        draw_flow_colour_key(axes[-1], scale, fontsize=9)
-    fig.tight_layout()
-    return fig
+    predicted = [int(np.argmax(si)) for si in scores[:n]]
+    titles = [f"true: {class_names[int(y)]}\npred: {class_names[p]} ({si[p]:.2f})"
+              for y, p, si in zip(labels[:n], predicted, scores[:n])]
+    colours = ["green" if p == int(y) else "red" for y, p in zip(labels[:n], predicted)]
+    return input_strip_figure(x, titles, colours, pair, height=2.9)
 
 
 def batch_figure(x: np.ndarray, labels: Sequence[int], class_names: Sequence[str], max_items: int = 8,
                  pair: int | None = None) -> Figure:
-    """The first inputs of a batch with their class: frames as pictures, flow stacks as the colour picture of
-    flow pair ``pair`` (default: the middle one) on one speed scale, with the colour key."""
+    """The first inputs of a batch with their class (see :func:`input_strip_figure`)."""
     n = min(max_items, len(x))
-    is_flow = x.shape[-1] != 3
-    k = (x.shape[-1] // 4 if pair is None else pair) if is_flow else 0
-    scale = flow_speed_scale(x[:n], [k]) if is_flow else None
-    fig = Figure(figsize=(2.1 * (n + KEY_WIDTH * is_flow), 2.5))
-    axes = fig.subplots(1, n + is_flow, squeeze=False, width_ratios=[1] * n + [KEY_WIDTH] * is_flow)[0]
-    for ax, xi, yi in zip(axes, x[:n], labels[:n]):
-        ax.imshow(input_picture(xi, k, scale))
-        ax.set_title(str(class_names[int(yi)]).replace("_", "\n", 1), fontsize=MIN_FONT)
-        ax.axis("off")
-    if is_flow:
-        draw_flow_colour_key(axes[-1], scale, fontsize=MIN_FONT)
-    fig.tight_layout()
-    return fig
+    return input_strip_figure(x, [str(class_names[int(y)]).replace("_", "\n", 1) for y in labels[:n]], pair=pair)
 
 
 def flow_stack_figure(stacks: dict[str, np.ndarray], pairs: Sequence[int] | None = None) -> Figure:
