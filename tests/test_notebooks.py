@@ -213,9 +213,9 @@ def check_saved_outputs(executed: dict) -> None:
                 assert WIDGET not in output.get("data", {}), f"{name}: a widget is saved in {cell['source'][:1]}"
     text = "\n".join(outputs(executed["01"]))
     assert re.search(r"\d+ done, \d+ skipped \(already there\), 0 failed", text) and " 0%" not in text
-    gifs = [o["data"]["image/gif"] for c in executed["01"]["cells"] for o in c.get("outputs", [])
-            if "image/gif" in o.get("data", {})]
-    assert len(gifs) == 1 and 10_000 < len(gifs[0]) < 400_000, [len(g) for g in gifs]
+    gifs = [html for c in executed["01"]["cells"] for o in c.get("outputs", [])
+            for html in ["".join(o.get("data", {}).get("text/html", ""))] if "data:image/gif;base64," in html]
+    assert len(gifs) == 1 and 10_000 < len(gifs[0]) < 300_000, [len(g) for g in gifs]
 
 
 # ----------------------------------------------------------------------------------------

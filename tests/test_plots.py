@@ -198,7 +198,7 @@ def test_clip_animation_plays_every_frame_beside_its_flow():
     x0 = 60 + 4                                             # the flow picture starts after the frame and a gap
     assert movie[0, 5, x0 + 5].max() > 200 and movie[0, 35, x0 + 50].max() < 30   # moving bright, still black
     bundle = plots.Animation(gif, "a caption")._repr_mimebundle_()
-    assert bundle["image/gif"] and 'src="data:image/gif;base64,' in bundle["text/html"]
+    assert set(bundle) == {"text/html", "text/plain"} and 'src="data:image/gif;base64,' in bundle["text/html"]
     with pytest.raises(ValueError, match="as many flows as frames"):
         plots.clip_animation(frames, flows[:-1])
 

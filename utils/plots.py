@@ -325,7 +325,8 @@ def rawframes_animation(frames_path, max_pairs: int = 48, **options) -> bytes:
 
 
 class Animation:
-    """A GIF for a notebook: shown as an image in JupyterLab (trusted or not), nbviewer and GitHub."""
+    """A GIF for a notebook, as an ``<img>`` with the GIF inline: it plays in JupyterLab (trusted or not) and
+    nbviewer, and is kept in the saved notebook."""
 
     def __init__(self, gif: bytes, caption: str = ""):
         self.gif, self.caption = gif, caption
@@ -337,8 +338,9 @@ class Animation:
         html = f'<img src="data:image/gif;base64,{data}" alt="{self.caption}"/>'
         if self.caption:
             html = f"<figure>{html}<figcaption>{self.caption}</figcaption></figure>"
-        return {"image/gif": data, "text/html": html,
-                "text/plain": f"<animated GIF, {len(self.gif) // 1024} KB: {self.caption}>"}
+        # HTML only (one copy of the GIF): every viewer draws it, JupyterLab's sanitizer included (it checks the
+        # schemes of href and cite, not of src), and nbconvert/nbviewer, which draw no image/gif output.
+        return {"text/html": html, "text/plain": f"<animated GIF, {len(self.gif) // 1024} KB: {self.caption}>"}
 
     def save(self, path) -> "Path":
         from pathlib import Path
