@@ -381,3 +381,21 @@ def test_the_demos_lighter_tvl1_gives_the_flow_of_the_defaults(tmp_path):
         assert moving.sum() > 100, path.name
         error = np.hypot(*(light - default)[moving].T)
         assert error.mean() < 0.1, (path.name, error.mean())
+
+
+def test_clip_spec_speed_and_edges():
+    from dataclasses import replace
+
+    from utils.demo_data import clip_spec, crosses_edge, plan_clips, speed_range_px
+
+    specs = plan_clips(0)
+    low, high = speed_range_px()
+    speeds = [float(np.hypot(*s.velocity)) for s in specs]
+    assert low <= min(speeds) and max(speeds) <= high and high < 2.0
+    assert clip_spec(specs[5].filename) == specs[5] == clip_spec(specs[5].filename[:-4])
+    with pytest.raises(KeyError, match="not a clip of the demo dataset"):
+        clip_spec("nothing_here")
+    still = replace(specs[0], start=(10.0, 10.0), velocity=(0.0, 0.0))
+    assert not crosses_edge(still)
+    assert crosses_edge(replace(still, velocity=(3.0, 0.0)))          # 10 + 3t + side passes 48 px
+    assert crosses_edge(replace(still, start=(40.0, 10.0)))          # the square sticks out on the right

@@ -2,7 +2,10 @@
 
 Runs in a copy of the repository (utils/ and notebooks/ only) under a temporary folder, so the
 demo data, checkpoints and report it makes never touch the working tree's data/, models/, report/.
-Select it with `pytest -m notebooks`; skip it with `-m "not notebooks"`.
+Select it with `pytest -m notebooks`; skip it with `-m "not notebooks"`. The executed notebooks are
+then read as a student would: the sentences the code wrote about the run are checked against the
+score files, one line per training epoch, progress that reads "finished" once saved, the animation.
+The checks on the notebooks as committed (summary and exercises, code quoted from utils/) need no run.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import pytest
 
 from utils.config import REPO_ROOT
 
-pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+WIDGET = "application/vnd.jupyter.widget-view+json"
 
 CELLS = ("Spatial ResNet-50", "Temporal", "Fusion (average)", "Fusion (weighted, w from validation)")
 TENSORFLOW_NOISE = ("cuInit", "absl::InitializeLog", "cudart_stub", "cpu_feature_guard")
@@ -38,6 +42,8 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.notebooks
+@pytest.mark.slow
 def test_quick_run_of_all_notebooks_fills_the_table(tmp_path):
     repo = tmp_path / "repo"
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
@@ -63,6 +69,11 @@ def test_quick_run_of_all_notebooks_fills_the_table(tmp_path):
     assert "results table:" in done.stdout and "05_fusion_whole_video.ipynb" in done.stdout
     check_quiet_outputs(repo / "report" / "demo_split1" / "notebooks", done.stdout + done.stderr)
     check_each_stream_learned_its_factor(repo / "report" / "demo_split1" / "scores")
+    executed = {path.name[:2]: json.loads(path.read_text())
+                for path in (repo / "report" / "demo_split1" / "notebooks").glob("*.ipynb")}
+    check_readings(executed, repo / "report" / "demo_split1" / "scores")
+    check_epoch_lines(executed, repo / "models" / "demo_split1")
+    check_saved_outputs(executed)
 
 
 def check_each_stream_learned_its_factor(scores_dir: Path) -> None:
@@ -114,3 +125,121 @@ def check_quiet_outputs(executed: Path, terminal: str) -> None:
                 logged = any("Epoch 1/" in output_text(o) for o in cell["outputs"])
                 tables = [o for o in cell["outputs"] if "text/html" in o.get("data", {})]
                 assert not (logged and tables), f"{path.name}: a table repeats the epoch log"
+
+
+# ----------------------------------------------------------------------------------------
+# The executed notebooks, read back
+# ----------------------------------------------------------------------------------------
+def outputs(notebook: dict, kind: str = "text"):
+    """Every output text of a notebook (``kind="markdown"``: only the Markdown ones, e.g. the readings)."""
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            if kind == "markdown":
+                if "text/markdown" in output.get("data", {}):
+                    yield "".join(output["data"]["text/markdown"])
+            else:
+                yield output_text(output)
+
+
+def reading(notebook: dict, start: str) -> str:
+    found = [text for text in outputs(notebook, "markdown") if text.startswith(start)]
+    assert len(found) == 1, f"{len(found)} readings start with {start!r}"
+    return found[0]
+
+
+def check_readings(executed: dict, scores_dir: Path) -> None:
+    """The sentences the notebooks generated say what the score files say (recomputed here with NumPy)."""
+    import numpy as np
+
+    from utils.demo_data import demo_class_factors, factor_accuracy
+    from utils.evaluation import load_scores
+
+    for notebook, protocol in (("04", "one_frame"), ("05", "whole_video")):
+        spatial, temporal = (load_scores(scores_dir / f"{s}_{protocol}.npz") for s in ("spatial", "temporal"))
+        fused = (spatial.scores + temporal.scores) / 2
+        rows = np.arange(len(fused))
+        true = fused[rows, spatial.label]
+        other = np.where(np.eye(fused.shape[1], dtype=bool)[spatial.label], -1, fused).max(axis=1)
+        margin = true - other
+        text = reading(executed[notebook], "In this run: fusion (average) gets")
+        right, n = map(int, re.search(r"gets (\d+) of (\d+) test videos right", text).groups())
+        assert (right, n) == (int((margin > 0).sum()), len(margin)), text
+        if right:
+            assert f"at least {margin[margin > 0].min():.3f}" in text, (text, margin)
+            close = int(((margin > 0) & (margin < 0.03)).sum())
+            assert re.search(rf"and {close} of them (is|are) won by less than 0.03", text), (text, close)
+    # 04: each stream's factors, and the temporal stream's colour for each motion
+    spatial, temporal = (load_scores(scores_dir / f"{s}_one_frame.npz") for s in ("spatial", "temporal"))
+    text = reading(executed["04"], "On the demo: spatial: colour")
+    for name, scores in (("spatial", spatial), ("temporal", temporal)):
+        f = factor_accuracy(scores.class_names, scores.label, scores.predicted)
+        assert f"{name}: colour {100 * f['colour']:.1f} %, motion {100 * f['motion']:.1f} %" in text, (text, f)
+    text = reading(executed["04"], "On the demo: the temporal stream's colour")
+    picked = [demo_class_factors(temporal.class_names[int(p)]) for p in temporal.predicted]
+    for motion, colour, count, total in re.findall(r"(\w+): (\w+) on (\d+) of (\d+) \(mean shares", text):
+        assert int(total) == sum(m == motion for _, m in picked), (text, motion)
+        assert int(count) == sum(p == (colour, motion) for p in picked), (text, motion)
+        assert int(count) == max(sum(p == (c, motion) for p in picked) for c in ("red", "green", "blue"))
+    # 05: what "whole video" was, and each network's videos right under both protocols
+    whole = {s: load_scores(scores_dir / f"{s}_whole_video.npz") for s in ("spatial", "temporal")}
+    text = reading(executed["05"], "In this run, \"whole video\" is")
+    for stream, unit in (("spatial", "frames"), ("temporal", "stacks")):
+        n = whole[stream].n_inputs
+        assert f"{stream} {n.min()}-{n.max()} {unit} per clip ({n.sum()} inputs over {len(n)} clips)" in text, text
+    text = reading(executed["05"], "In this run, videos right with one frame -> the whole video")
+    for stream in ("spatial", "temporal"):
+        one = load_scores(scores_dir / f"{stream}_one_frame.npz")
+        a, b = int((one.predicted == one.label).sum()), int((whole[stream].predicted == whole[stream].label).sum())
+        assert f"{stream} {a} -> {b} of {len(one)} ({b - a:+d})" in text, text
+
+
+def check_epoch_lines(executed: dict, models_dir: Path) -> None:
+    """02 and 03 print exactly one short line per epoch, and no Keras header or progress bar."""
+    import pandas as pd
+
+    line = re.compile(r"epoch +(\d+)/(\d+)  lr \S+  loss \S+  acc \S+  val_loss \S+  val_acc \S+  \d+\.\d s")
+    for notebook, stream in (("02", "spatial"), ("03", "temporal")):
+        text = "\n".join(outputs(executed[notebook]))
+        epochs = [int(m.group(1)) for m in map(line.fullmatch, text.splitlines()) if m]
+        assert epochs == list(range(1, len(pd.read_csv(models_dir / stream / "history.csv")) + 1)), (notebook, epochs)
+        assert "Epoch 1/" not in text and "/step" not in text, notebook
+
+
+def check_saved_outputs(executed: dict) -> None:
+    """No progress widget is saved (it would read 0 % for ever); 01's extraction says it finished; 01 animates."""
+    for name, notebook in executed.items():
+        for cell in notebook["cells"]:
+            for output in cell.get("outputs", []):
+                assert WIDGET not in output.get("data", {}), f"{name}: a widget is saved in {cell['source'][:1]}"
+    text = "\n".join(outputs(executed["01"]))
+    assert re.search(r"\d+ done, \d+ skipped \(already there\), 0 failed", text) and " 0%" not in text
+    gifs = [html for c in executed["01"]["cells"] for o in c.get("outputs", [])
+            for html in ["".join(o.get("data", {}).get("text/html", ""))] if "data:image/gif;base64," in html]
+    assert len(gifs) == 1 and 10_000 < len(gifs[0]) < 300_000, [len(g) for g in gifs]
+
+
+# ----------------------------------------------------------------------------------------
+# The notebooks as committed (no run needed)
+# ----------------------------------------------------------------------------------------
+def markdown(path: Path) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_each_notebook_ends_with_a_summary_and_numbered_exercises(path):
+    last = markdown(path)[-1]
+    assert json.loads(path.read_text())["cells"][-1]["cell_type"] == "markdown", path.name
+    assert last.startswith("## Summary") and "\n## Exercises" in last, path.name
+    exercises = last.split("## Exercises", 1)[1]
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. ", exercises, flags=re.M)]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 4, (path.name, numbers)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_code_quoted_in_the_notebooks_is_the_code_of_utils(path):
+    """Every line of a ```python block in a notebook's text is a line of utils/ (the code shown is the code run)."""
+    source = {line.strip() for module in (REPO_ROOT / "utils").rglob("*.py") for line in module.read_text().splitlines()}
+    for text in markdown(path):
+        for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+            for line in filter(None, (line.strip() for line in block.splitlines())):
+                assert line in source, f"{path.name}: {line!r} is not in utils/"

@@ -113,3 +113,100 @@ def test_importing_utils_sets_the_log_level_only_when_unset():
         run_env = env if given is None else {**env, "TF_CPP_MIN_LOG_LEVEL": given}
         done = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, timeout=60)
         assert done.stdout.strip() == expected, (given, done.stdout, done.stderr)
+
+
+# ----------------------------------------------------------------------------------------
+# Scores figures, readings and animations
+# ----------------------------------------------------------------------------------------
+def demo_scores(predicted_motion_shift: int = 0):
+    """Scores of 18 demo videos (two per class): right colour, motion shifted by ``predicted_motion_shift``."""
+    from utils.demo_data import DEMO_CLASSES
+    from utils.evaluation import Scores
+
+    names = sorted(DEMO_CLASSES)
+    labels = np.repeat(np.arange(len(names)), 2)
+    scores = np.full((len(labels), len(names)), 0.02, np.float32)
+    for i, label in enumerate(labels):
+        colour, motion = names[label].split("_")
+        motions = ["up", "down", "sideways"]
+        guess = f"{colour}_{motions[(motions.index(motion) + predicted_motion_shift) % 3]}"
+        scores[i, names.index(guess)] = 0.5 + 0.01 * i
+    return Scores([f"v{i}" for i in range(len(labels))], labels, scores / scores.sum(1, keepdims=True), names)
+
+
+def texts(fig):
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    return [t for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()]
+
+
+def test_figures_have_no_text_under_9_points():
+    right, shifted = demo_scores(0), demo_scores(1)
+    frames = np.zeros((3, 16, 16, 3), np.float32)
+    stacks = np.stack([stack(2.0, 0.0)] * 3)
+    figures = {
+        "confusion": plots.confusion_matrices_figure({"a": right, "b": shifted, "c": right}, "title"),
+        "margins": plots.fusion_margins_figure(shifted),
+        "per class": plots.per_class_accuracy_figure({"a": right, "b": shifted}, "title"),
+        "batch": plots.batch_figure(frames, np.array([0, 1, 2]), ["red_up", "b", "c"]),
+        "flow batch": plots.batch_figure(stacks, np.array([0, 1, 2]), ["a", "b", "c"]),
+        "predictions": plots.predictions_figure(stacks, np.array([0, 1, 0]), np.eye(3)[:, :2] * 0.9 + 0.05, ["a", "b"]),
+        "stacks": plots.flow_stack_figure({"x": stacks[0]}),
+    }
+    for name, fig in figures.items():
+        small = [(t.get_text(), t.get_fontsize()) for t in texts(fig) if t.get_fontsize() < plots.MIN_FONT]
+        assert not small, f"{name}: {small[:5]}"
+
+
+def test_confusion_matrices_count_videos_in_the_demo_order():
+    shifted = demo_scores(1)
+    fig = plots.confusion_matrices_figure({"spatial": shifted, "fusion": demo_scores(0)})
+    left, right = fig.axes[:2]
+    assert [t.get_text() for t in left.get_yticklabels()][:3] == ["red_up", "red_down", "red_sideways"]
+    cells = {t.get_text() for t in texts(fig) if t.axes is left and t.get_text().isdigit()}
+    assert cells == {"2"}                                   # whole numbers of videos, two per class
+    assert left.get_title() == "spatial: 0/18 right" and right.get_title() == "fusion: 18/18 right"
+    matrix = left.images[0].get_array()
+    assert matrix.sum() == 18 and np.trace(matrix) == 0 and matrix[0, 1] == 2   # red_up -> red_down
+
+
+def test_fusion_margins():
+    from utils import narrative
+
+    scores = demo_scores(0)
+    margins = narrative.fusion_margins(scores)
+    expected = scores.scores[np.arange(18), scores.label] - np.sort(scores.scores, axis=1)[:, -2]
+    np.testing.assert_allclose(margins, expected, rtol=1e-6)
+    assert (narrative.fusion_margins(demo_scores(1)) < 0).all()
+    text = narrative.margins_reading(scores)
+    assert text.startswith("In this run: fusion (average) gets 18 of 18 test videos right")
+    assert f"at least {margins.min():.3f}" in text
+
+
+def test_clip_animation_plays_every_frame_beside_its_flow():
+    import imageio.v3 as iio
+
+    frames = [np.full((20, 30, 3), 40 * i, np.uint8) for i in range(5)]
+    flows = [np.zeros((20, 30, 2), np.float32) for _ in frames]
+    for flow in flows:
+        flow[:10, :15] = (1.0, 0.0)                         # the top-left quarter moves right
+    gif = plots.clip_animation(frames, flows, zoom=2)
+    movie = iio.imread(gif, extension=".gif")
+    assert gif[:6] == b"GIF89a" and movie.shape[0] == 5 and movie.shape[1] == 40
+    assert abs(int(movie[3, 5, 5, 0]) - 120) <= 8           # frame 3 on the left, at its own grey level
+    x0 = 60 + 4                                             # the flow picture starts after the frame and a gap
+    assert movie[0, 5, x0 + 5].max() > 200 and movie[0, 35, x0 + 50].max() < 30   # moving bright, still black
+    bundle = plots.Animation(gif, "a caption")._repr_mimebundle_()
+    assert set(bundle) == {"text/html", "text/plain"} and 'src="data:image/gif;base64,' in bundle["text/html"]
+    with pytest.raises(ValueError, match="as many flows as frames"):
+        plots.clip_animation(frames, flows[:-1])
+
+
+def test_final_output_only_does_nothing_outside_jupyter(capsys):
+    from utils.progress import final_output_only, in_jupyter_kernel
+
+    assert not in_jupyter_kernel()
+    with final_output_only():
+        print("kept")
+    assert capsys.readouterr().out == "kept\n"

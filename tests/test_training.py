@@ -5,6 +5,7 @@ CPU than tracing them). The overfit test extracts a few real HMDB51 clips (tests
 with a fast flow method once per session.
 """
 import json
+import re
 import os
 import subprocess
 import sys
@@ -440,3 +441,19 @@ def test_every_hmdb51_preset_number_names_its_source():
         assert set(commented) == set(preset["hmdb51"]), name
         assert all(commented.values()), (name, [k for k, ok in commented.items() if not ok])
         assert "the paper" in block and ("TSN" in block or name == "TEMPORAL_DEFAULTS"), name
+
+
+def test_one_short_line_per_epoch(tmp_path, capsys):
+    """verbose: one EpochLog line per epoch (epoch, rate, loss, accuracy, validation, seconds), no Keras bar."""
+    train, val = _arrays(8), _arrays(4, seed=1)
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=3, learning_rate=0.05, batch_size=4,
+                            patience=None)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 3, lines
+    pattern = (r"epoch [1-3]/3  lr \d\.\de[-+]\d\d  loss \d+\.\d{3}  acc \d\.\d{3}  val_loss \d+\.\d{3}  "
+               r"val_acc \d\.\d{3}  \d+\.\d s")
+    for k, line in enumerate(lines, start=1):
+        assert re.fullmatch(pattern, line) and line.startswith(f"epoch {k}/3"), line
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path / "quiet", epochs=1, learning_rate=0.05,
+                            batch_size=4, patience=None, verbose=0)
+    assert capsys.readouterr().out == ""

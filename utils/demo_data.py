@@ -164,6 +164,32 @@ def factor_table(results: dict) -> "pd.DataFrame":
     return (100 * table).round(1)
 
 
+def speed_range_px(frame_size=DEFAULT_OPTIONS["frame_size"]) -> tuple[float, float]:
+    """The range the generator draws a square's speed from, in pixels per frame, for ``(width, height)``."""
+    short = min(frame_size)
+    return _SPEED[0] * short, _SPEED[1] * short
+
+
+def clip_spec(video: str, seed: int = 0, **size_options) -> "ClipSpec":
+    """The spec of one demo clip, by its file name or stem (e.g. ``demosrc00_red_up_f_nm_np1_fr_goo_0``)."""
+    name = video if str(video).endswith(".avi") else f"{video}.avi"
+    for spec in plan_clips(seed, **size_options):
+        if spec.filename == name:
+            return spec
+    raise KeyError(f"{video!r} is not a clip of the demo dataset (seed {seed})")
+
+
+def crosses_edge(spec: "ClipSpec") -> bool:
+    """Whether the clip's square crosses an edge of the frame: the demo draws it on a torus (what leaves on
+    one side comes back on the other, ``cv2.BORDER_WRAP``), so its colour is always in the frame."""
+    for t in range(spec.n_frames):
+        x = (spec.start[0] + spec.velocity[0] * t) % spec.width
+        y = (spec.start[1] + spec.velocity[1] * t) % spec.height
+        if x + spec.side > spec.width or y + spec.side > spec.height:
+            return True
+    return False
+
+
 # --------------------------------------------------------------------------------------
 # One clip
 # --------------------------------------------------------------------------------------

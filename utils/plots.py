@@ -1,4 +1,6 @@
-"""Small figures for the training notebooks (02, 03): predictions on inputs, flow stacks, learning rates.
+"""Figures of the notebooks: inputs and predictions, flow stacks, learning rates (02, 03), confusion
+matrices side by side, fusion margins and per-class accuracy (04, 05), and clips as animations (01,
+``utils.predict``).
 
 Frames are shown after undoing the ResNet preprocessing; flow stacks as colour pictures
 (hue = direction, brightness = speed; see :func:`utils.flow.flow_to_color`), always with their
@@ -17,6 +19,7 @@ from utils.flow import FLOW_BOUND, draw_flow_colour_key
 from utils.generators import flow_stack_to_color, read_flow_stack, undo_preprocessing
 
 KEY_WIDTH = 0.6   # width of the colour-key column, relative to a picture
+MIN_FONT = 9      # points, at the saved size: no text of these figures is smaller
 
 
 def input_picture(x: np.ndarray, pair: int = 0, max_magnitude: float | None = None) -> np.ndarray:
@@ -36,6 +39,26 @@ def flow_speed_scale(stacks: Sequence[np.ndarray], pairs: Sequence[int] | None =
     return max(float(np.percentile(np.concatenate(speeds), 99)), 1e-6) * FLOW_BOUND   # stacks: units of 20 px
 
 
+def input_strip_figure(x: np.ndarray, titles: Sequence[str], colours: Sequence[str] | None = None,
+                       pair: int | None = None, height: float = 2.5) -> Figure:
+    """Network inputs in a row, each with its title: frames as pictures, flow stacks as the colour picture
+    of flow pair ``pair`` (default: the middle one) on one speed scale, with the colour key."""
+    n = len(titles)
+    is_flow = x.shape[-1] != 3
+    k = (x.shape[-1] // 4 if pair is None else pair) if is_flow else 0
+    scale = flow_speed_scale(x[:n], [k]) if is_flow else None
+    fig = Figure(figsize=(2.2 * (n + KEY_WIDTH * is_flow), height))
+    axes = fig.subplots(1, n + is_flow, squeeze=False, width_ratios=[1] * n + [KEY_WIDTH] * is_flow)[0]
+    for ax, xi, title, colour in zip(axes, x[:n], titles, colours or ["black"] * n):
+        ax.imshow(input_picture(xi, k, scale))
+        ax.set_title(title, fontsize=MIN_FONT, color=colour)
+        ax.axis("off")
+    if is_flow:
+        draw_flow_colour_key(axes[-1], scale, fontsize=MIN_FONT)
+    fig.tight_layout()
+    return fig
+
+
 def predictions_figure(x: np.ndarray, labels: Sequence[int], scores: np.ndarray, class_names: Sequence[str],
                        max_items: int = 8, pair: int | None = None) -> Figure:
     """Inputs with their true class and the predicted one (green: right, red: wrong) and its probability.
@@ -43,21 +66,18 @@ def predictions_figure(x: np.ndarray, labels: Sequence[int], scores: np.ndarray,
     Flow stacks show flow pair ``pair`` (default: the middle one) on one colour scale, with the key.
     """
     n = min(max_items, len(x))
-    is_flow = x.shape[-1] != 3
-    k = (x.shape[-1] // 4 if pair is None else pair) if is_flow else 0
-    scale = flow_speed_scale(x[:n], [k]) if is_flow else None
-    fig = Figure(figsize=(2.3 * (n + KEY_WIDTH * is_flow), 2.9))
-    axes = fig.subplots(1, n + is_flow, squeeze=False, width_ratios=[1] * n + [KEY_WIDTH] * is_flow)[0]
-    for ax, xi, yi, si in zip(axes, x[:n], labels[:n], scores[:n]):
-        predicted = int(np.argmax(si))
-        ax.imshow(input_picture(xi, k, scale))
-        ax.set_title(f"true: {class_names[int(yi)]}\npred: {class_names[predicted]} ({si[predicted]:.2f})",
-                     fontsize=8, color="green" if predicted == int(yi) else "red")
-        ax.axis("off")
-    if is_flow:
-        draw_flow_colour_key(axes[-1], scale)
-    fig.tight_layout()
-    return fig
+    predicted = [int(np.argmax(si)) for si in scores[:n]]
+    titles = [f"true: {class_names[int(y)]}\npred: {class_names[p]} ({si[p]:.2f})"
+              for y, p, si in zip(labels[:n], predicted, scores[:n])]
+    colours = ["green" if p == int(y) else "red" for y, p in zip(labels[:n], predicted)]
+    return input_strip_figure(x, titles, colours, pair, height=2.9)
+
+
+def batch_figure(x: np.ndarray, labels: Sequence[int], class_names: Sequence[str], max_items: int = 8,
+                 pair: int | None = None) -> Figure:
+    """The first inputs of a batch with their class (see :func:`input_strip_figure`)."""
+    n = min(max_items, len(x))
+    return input_strip_figure(x, [str(class_names[int(y)]).replace("_", "\n", 1) for y in labels[:n]], pair=pair)
 
 
 def flow_stack_figure(stacks: dict[str, np.ndarray], pairs: Sequence[int] | None = None) -> Figure:
@@ -71,10 +91,10 @@ def flow_stack_figure(stacks: dict[str, np.ndarray], pairs: Sequence[int] | None
     for row, (name, stack) in zip(axes, stacks.items()):
         for ax, k in zip(row, pairs):
             ax.imshow(flow_stack_to_color(stack, k, scale))
-            ax.set_title(f"{name}: flow {k + 1}/{length}", fontsize=8)
+            ax.set_title(f"{name}: flow {k + 1}/{length}", fontsize=9)
             ax.axis("off")
         row[-1].axis("off")
-    draw_flow_colour_key(axes[0, -1], scale)
+    draw_flow_colour_key(axes[0, -1], scale, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -134,7 +154,7 @@ def learning_rate_figure(history) -> Figure:
         for phase in dict.fromkeys(history["phase"]):
             rows = history["phase"] == phase
             ax.plot(epochs[rows], history.loc[rows, "learning_rate"], marker=".", label=str(phase))
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     else:
         ax.plot(epochs, history["learning_rate"], marker=".")
     ax.set_yscale("log")
@@ -143,3 +163,191 @@ def learning_rate_figure(history) -> Figure:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Scores of the test videos: confusion matrices side by side, margins, per-class accuracy
+# ----------------------------------------------------------------------------------------
+def class_order(class_names: Sequence[str]) -> list[int]:
+    """Indices of ``class_names`` in the order the figures show them: on the demo colour by colour
+    (red, green, blue) and within a colour up, down, sideways, so each stream's blocks show; else as given."""
+    from utils.demo_data import APPEARANCES, DEMO_CLASSES, MOTIONS
+
+    if not set(class_names) <= set(DEMO_CLASSES):
+        return list(range(len(class_names)))
+    rank = {f"{c}_{m}": (i, j) for i, c in enumerate(APPEARANCES) for j, m in enumerate(MOTIONS)}
+    return sorted(range(len(class_names)), key=lambda k: rank[class_names[k]])
+
+
+def confusion_matrices_figure(results: dict, title: str = "") -> Figure:
+    """Confusion matrices (counts of videos: true class x predicted class) of several networks side by side.
+
+    ``results``: ``{name: evaluation.Scores}`` on the same videos, e.g. spatial, temporal and their
+    average. Cells hold whole numbers of videos; on the demo the classes are grouped by colour, so the
+    spatial stream's matrix has 3 x 3 blocks (colour right, motion a guess) and the temporal stream's
+    stripes (motion right, colour a guess).
+    """
+    from sklearn.metrics import confusion_matrix
+
+    first = next(iter(results.values()))
+    order = class_order(first.class_names)
+    names = [first.class_names[k] for k in order]
+    n = len(names)
+    side = min(7.0, max(3.4, 0.33 * n + 1.2))
+    fig = Figure(figsize=(side * len(results) + 0.6, side + 0.9), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    label_font = MIN_FONT if n <= 20 else None
+    for ax, (name, scores) in zip(axes, results.items()):
+        cm = confusion_matrix(scores.label, scores.predicted, labels=order)
+        right = int(np.trace(cm))
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.sum(axis=1).max()))
+        if n <= 15:
+            for (i, j), count in np.ndenumerate(cm):
+                if count:
+                    ax.text(j, i, str(int(count)), ha="center", va="center", fontsize=MIN_FONT,
+                            color="white" if count > 0.6 * cm.sum(axis=1).max() else "black")
+        if label_font:
+            ax.set_xticks(range(n), names, rotation=90, fontsize=label_font)
+            ax.set_yticks(range(n), names if ax is axes[0] else [""] * n, fontsize=label_font)
+        else:    # many classes: numbers every 5, the names are in the index
+            ticks = list(range(0, n, 5))
+            ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=MIN_FONT)
+            ax.set_yticks(ticks, [str(t) for t in ticks], fontsize=MIN_FONT)
+        if order != list(range(n)) and n == 9:      # the demo: lines between the colours
+            for edge in (2.5, 5.5):
+                ax.axhline(edge, color="grey", lw=0.8)
+                ax.axvline(edge, color="grey", lw=0.8)
+        ax.set_title(f"{name}: {right}/{int(cm.sum())} right", fontsize=MIN_FONT + 1)
+        ax.set_xlabel("predicted class", fontsize=MIN_FONT)
+    axes[0].set_ylabel("true class (videos per cell)", fontsize=MIN_FONT)
+    if title:
+        fig.suptitle(title, fontsize=MIN_FONT + 1)
+    return fig
+
+
+def fusion_margins_figure(scores, threshold: float = 0.03, title: str = "") -> Figure:
+    """Each test video's margin under a fusion: the true class's probability minus the best other one's,
+    sorted; below 0 the video is wrong, below ``threshold`` it is won by a hair."""
+    from utils.narrative import fusion_margins
+
+    margins = np.sort(fusion_margins(scores))
+    fig = Figure(figsize=(7.5, 2.8), layout="constrained")
+    ax = fig.add_subplot()
+    colours = np.where(margins < 0, "tab:red", np.where(margins < threshold, "tab:orange", "tab:green"))
+    ax.bar(np.arange(1, len(margins) + 1), margins, color=colours, width=0.8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.axhline(threshold, color="tab:orange", lw=0.8, ls="--", label=f"margin {threshold:.2f}")
+    close = int(((margins >= 0) & (margins < threshold)).sum())
+    ax.set_title(title or f"{int((margins > 0).sum())}/{len(margins)} right, {close} by less than {threshold:.2f}",
+                 fontsize=MIN_FONT + 1)
+    ax.set_xlabel("test videos, sorted by margin", fontsize=MIN_FONT)
+    ax.set_ylabel("P(true) - P(best other)", fontsize=MIN_FONT)
+    ax.tick_params(labelsize=MIN_FONT)
+    ax.legend(fontsize=MIN_FONT, loc="upper left")
+    return fig
+
+
+def per_class_accuracy_figure(results: dict, title: str = "") -> Figure:
+    """Per-class top-1 (%) of each network as grouped horizontal bars, the legend above the bars."""
+    from utils.evaluation import per_class_accuracy
+
+    frame = pd.DataFrame({name: per_class_accuracy(s) for name, s in results.items()}) * 100
+    first = next(iter(results.values()))
+    frame = frame.reindex([first.class_names[k] for k in class_order(first.class_names)][::-1])
+    n, k = len(frame), len(frame.columns)
+    fig = Figure(figsize=(8, max(3.0, 0.9 + 0.16 * n * k)), layout="constrained")
+    ax = fig.add_subplot()
+    height = 0.8 / max(1, k)
+    for i, name in enumerate(frame.columns):
+        ax.barh(np.arange(n) + ((k - 1) / 2 - i) * height, frame[name].fillna(0), height, label=name)
+    ax.set_yticks(range(n), frame.index, fontsize=MIN_FONT)
+    ax.set_xlim(0, 100)
+    ax.tick_params(axis="x", labelsize=MIN_FONT)
+    ax.set_xlabel("top-1 (%) on the class's test videos", fontsize=MIN_FONT)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=min(k, 4), fontsize=MIN_FONT)
+    if title:
+        ax.set_title(title, fontsize=MIN_FONT + 1)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Moving pictures: a clip beside its colour-coded flow, as an animated GIF
+# ----------------------------------------------------------------------------------------
+def clip_animation(frames: Sequence[np.ndarray], flows: Sequence[np.ndarray], *, zoom: int | None = None,
+                   fps: float = 10.0, max_magnitude: float | None = None) -> bytes:
+    """An animated GIF (bytes): each RGB frame beside the colour-coded flow that starts at it, and the key.
+
+    ``flows[i]`` is the flow from ``frames[i]`` to ``frames[i + 1]`` in px ([H, W, 2] float). One colour
+    scale for the whole clip (the 99th percentile of its speeds unless ``max_magnitude``); small frames
+    (the demo's 48 px) are enlarged ``zoom`` times with square pixels. Written with imageio (Pillow).
+    """
+    import cv2
+    import imageio.v3 as iio
+
+    from utils.flow import flow_colour_key, flow_to_color
+
+    if len(frames) != len(flows) or not len(frames):
+        raise ValueError(f"need as many flows as frames (the flow after each frame), got {len(frames)} "
+                         f"frames and {len(flows)} flows")
+    height, width = frames[0].shape[:2]
+    zoom = zoom or max(1, int(round(160 / max(height, width))))
+    if max_magnitude is None:
+        speeds = np.concatenate([np.hypot(f[..., 0], f[..., 1]).ravel() for f in flows])
+        max_magnitude = max(float(np.percentile(speeds, 99)), 1e-3)
+    size = (width * zoom, height * zoom)
+    key = cv2.resize(flow_colour_key(65), (height * zoom // 2,) * 2, interpolation=cv2.INTER_AREA)
+    key_column = np.full((height * zoom, key.shape[1], 3), 255, np.uint8)
+    key_column[:key.shape[0]] = key
+    gap = np.full((height * zoom, max(2, zoom * 2), 3), 255, np.uint8)
+    pictures = []
+    for frame, flow in zip(frames, flows):
+        big = lambda image: cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
+        pictures.append(np.concatenate([big(frame), gap, big(flow_to_color(flow, max_magnitude)), gap, key_column],
+                                       axis=1))
+    return iio.imwrite("<bytes>", np.stack(pictures), extension=".gif", duration=1000 / fps, loop=0)
+
+
+def rawframes_animation(frames_path, max_pairs: int = 48, **options) -> bytes:
+    """:func:`clip_animation` of an extracted video folder: up to ``max_pairs`` consecutive frames from the
+    middle of the clip, each with the stored flow after it (as the temporal stream reads it)."""
+    from utils.rawframes import count_frames
+    from utils.flow import read_flow_jpegs
+    from utils.generators import read_frame
+
+    n_frames, n_flows = count_frames(frames_path)
+    if n_flows < 1:
+        raise ValueError(f"{frames_path}: no flow to show (extract the video first)")
+    count = min(max_pairs, n_flows)
+    first = 1 + (n_flows - count) // 2
+    indices = range(first, first + count)
+    return clip_animation([read_frame(frames_path, i) for i in indices],
+                          [read_flow_jpegs(frames_path, i) for i in indices], **options)
+
+
+class Animation:
+    """A GIF for a notebook, as an ``<img>`` with the GIF inline: it plays in JupyterLab (trusted or not) and
+    nbviewer, and is kept in the saved notebook."""
+
+    def __init__(self, gif: bytes, caption: str = ""):
+        self.gif, self.caption = gif, caption
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        import base64
+
+        data = base64.b64encode(self.gif).decode("ascii")
+        html = f'<img src="data:image/gif;base64,{data}" alt="{self.caption}"/>'
+        if self.caption:
+            html = f"<figure>{html}<figcaption>{self.caption}</figcaption></figure>"
+        # HTML only (one copy of the GIF): every viewer draws it, JupyterLab's sanitizer included (it checks the
+        # schemes of href and cite, not of src), and nbconvert/nbviewer, which draw no image/gif output.
+        return {"text/html": html, "text/plain": f"<animated GIF, {len(self.gif) // 1024} KB: {self.caption}>"}
+
+    def save(self, path) -> "Path":
+        from pathlib import Path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(self.gif)
+        tmp.replace(path)
+        return path

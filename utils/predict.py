@@ -15,7 +15,8 @@ The clip goes through the pipeline's own steps, with the pipeline's functions:
 
 It prints the top-5 classes of each stream and of the fusion and saves a picture (a few frames,
 their colour-coded flow with a colour key, and the three bar charts), by default
-``report/<run>/predictions/<clip>.png``.
+``report/<run>/predictions/<clip>.png``, and beside it ``<clip>.gif``: the clip (up to 48 frames from
+its middle) playing next to its colour-coded flow.
 
 A run's class names and extraction settings are kept in ``models/<run>/run_info.json``
 (:func:`save_run_info`), so predicting needs no dataset folder. When that file is missing they
@@ -46,6 +47,7 @@ RUN_INFO_FILE = "run_info.json"
 CHECKPOINT = "best"
 TOP = 5
 N_PICTURES = 4        # frames (and flows) shown in the picture
+ANIMATION_PAIRS = 48  # consecutive frames (with the flow after each) in the animation, from the clip's middle
 DEMO_NOTE = ("the models of run {run} were trained on the synthetic demo dataset: {n} classes of "
              "coloured squares moving up, down or sideways ({classes}), not on real actions.")
 
@@ -192,6 +194,7 @@ class Prediction:
     flows: list[np.ndarray] = field(default_factory=list)    # float32 [H, W, 2] px, the flow after each frame
     picture_positions: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    animation: bytes | None = None       # GIF: the clip beside its colour-coded flow (utils.plots.clip_animation)
 
     def top(self, name: str, k: int = TOP) -> list[tuple[str, float]]:
         """The ``k`` best classes of ``"spatial"``, ``"temporal"`` or ``"fusion"`` with their probabilities."""
@@ -211,7 +214,7 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
                   batch_size: int = 32, progress: bool = False) -> Prediction:
     """Both streams of ``run`` and their average on one clip (whole-video protocol); see the module docstring."""
     from utils import flow as flow_lib
-    from utils import generators
+    from utils import generators, plots
     from utils.dataset import video_metadata
     from utils.extract_job import VideoReadError, extract_video
     from utils.rawframes import count_frames
@@ -260,9 +263,10 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
         positions = [int(p) for p in generators.evenly_spaced(n_flows, min(N_PICTURES, n_flows))]
         frames = [generators.read_frame(folder, i) for i in positions]
         flows = [flow_lib.read_flow_jpegs(folder, i, settings.flow_bound) for i in positions]
+        animation = plots.rawframes_animation(folder, max_pairs=ANIMATION_PAIRS)
     prediction = Prediction(video, run, classes, scores, n_frames, n_flows,
                             (meta["width"], meta["height"]), (frames[0].shape[1], frames[0].shape[0]),
-                            settings.method, seconds, frames, flows, positions)
+                            settings.method, seconds, frames, flows, positions, animation=animation)
     prediction.notes = _notes(prediction, info)
     return prediction
 
@@ -353,8 +357,8 @@ def prediction_figure(prediction: Prediction, k: int = TOP):
         ax.barh([c for c, _ in top], [prob for _, prob in top], color=colour)
         ax.set_xlim(0, 1)
         ax.set_title(STREAM_TITLES[name], fontsize=9)
-        ax.tick_params(labelsize=8)
-    bars[-1].set_xlabel("probability (softmax, averaged over the video)", fontsize=8)
+        ax.tick_params(labelsize=9)
+    bars[-1].set_xlabel("probability (softmax, averaged over the video)", fontsize=9)
     if any(note.startswith("WARNING") for note in p.notes):
         right.suptitle(f"run {p.run}: demo models, meaningless on this clip", fontsize=9, color="tab:red")
     else:
@@ -390,6 +394,10 @@ def main(argv=None) -> int:
     print(format_prediction(prediction, args.top))
     picture = save_figure(prediction_figure(prediction, args.top), args.out or default_picture_path(prediction))
     print(f"picture: {picture}")
+    if prediction.animation is not None:
+        from utils.plots import Animation
+
+        print(f"animation: {Animation(prediction.animation).save(picture.with_suffix('.gif'))}")
     return 0
 
 

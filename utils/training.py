@@ -558,6 +558,38 @@ class _EpochInfo(keras.callbacks.Callback):
             logs["phase"] = self.phase
 
 
+class EpochLog(keras.callbacks.Callback):
+    """Prints one short line per epoch, e.g.
+    ``epoch  3/30  lr 9.8e-03  loss 1.042  acc 0.531  val_loss 0.987  val_acc 0.556  4.1 s``.
+
+    ``fit`` itself runs with ``verbose=0``: Keras' own log is a header line and a progress bar per
+    epoch, which a saved notebook keeps as two lines (or hundreds of bar updates). The numbers are
+    the epoch's logs (``learning_rate`` from ``LearningRateScheduler``, ``epoch_seconds`` from
+    ``_EpochInfo`` when present), the same ones ``CSVLogger`` writes to ``history.csv``.
+    """
+
+    COLUMNS = (("learning_rate", "lr", ".1e"), ("loss", "loss", ".3f"), ("accuracy", "acc", ".3f"),
+               ("val_loss", "val_loss", ".3f"), ("val_accuracy", "val_acc", ".3f"))
+
+    def __init__(self, print_fn=print):
+        super().__init__()
+        self.print_fn = print_fn
+        self._started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        total = (self.params or {}).get("epochs")
+        width = len(str(total)) if total else 1
+        parts = [f"epoch {epoch + 1:>{width}}" + (f"/{total}" if total else "")]
+        parts += [f"{name} {float(logs[key]):{spec}}" for key, name, spec in self.COLUMNS if key in logs]
+        seconds = logs.get("epoch_seconds", time.perf_counter() - self._started)
+        parts.append(f"{float(seconds):.1f} s")
+        self.print_fn("  ".join(parts))
+
+
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """``EarlyStopping`` that starts from a saved counter and best value (``state.json``) when resuming."""
 
@@ -694,8 +726,10 @@ def _fit(model, train_ds, val_ds, *, initial_epoch: int, epochs: int, callbacks,
         kwargs = dict(x=x, y=y, batch_size=batch_size, shuffle=True)
     else:
         kwargs = dict(x=train_ds, shuffle=False)   # the generators shuffle per epoch themselves
+    if verbose:      # one short line per epoch (EpochLog) instead of Keras' header and bar
+        callbacks = [*callbacks, EpochLog()]
     return model.fit(**kwargs, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
-                     steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
+                     steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0)
 
 
 def _start(out_dir, resume: bool, settings: dict) -> tuple[Path, dict | None]:
@@ -755,7 +789,7 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
         jit_compile, run_eagerly: passed to ``compile`` (XLA is used by default on GPUs).
         label_smoothing: see :class:`SparseCrossentropyWithSmoothing` (0: plain cross-entropy).
         run_info: more settings to record and check on resume (e.g. the flow method).
-        verbose: ``fit``'s verbosity (2: one line per epoch, good for notebooks and logs).
+        verbose: anything true prints one short line per epoch (:class:`EpochLog`); 0 prints nothing.
 
     Returns ``history.csv`` as a DataFrame (all epochs so far, resumed ones included).
     """
