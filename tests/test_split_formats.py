@@ -284,3 +284,24 @@ def test_cli_writes_lists(tmp_path, capsys):
     assert "14 videos listed; 1 not extracted" in capsys.readouterr().out
     assert mmaction_lists.main(["--dataset", str(tmp_path / "nothing")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_ucf101_subset_keeps_classind_numbers(tmp_path):
+    """The real classInd.txt with lists of three of its classes: labels stay classInd - 1 (HammerThrow 35,
+    not 1), through the index and the written lists, and the class list is all 101 (the networks' outputs)."""
+    root = tmp_path / "ucf"
+    (root / "splits").mkdir(parents=True)
+    shutil.copy(UCF101_SPLITS / "classInd.txt", root / "splits" / "classInd.txt")
+    keep = ("ApplyEyeMakeup/", "HammerThrow/", "YoYo/")
+    for name in [f"{kind}list0{k}.txt" for kind in ("train", "test") for k in (1, 2, 3)]:
+        lines = (UCF101_SPLITS / name).read_bytes().decode().splitlines(keepends=True)
+        (root / "splits" / name).write_text("".join(l for l in lines if l.startswith(keep) and "_c01." in l), newline="")
+    for clip in ("HammerThrow/v_HammerThrow_g08_c01", "HammerThrow/v_HammerThrow_g01_c01", "YoYo/v_YoYo_g08_c01"):
+        write_tiny_rawframes(root / "rawframes" / clip, 4)
+    index = quiet_index(Config(dataset=str(root)))
+    assert index.groupby("class_name")["label"].first().to_dict() == {"ApplyEyeMakeup": 0, "HammerThrow": 35, "YoYo": 100}
+    assert dataset.class_names(Config(dataset=str(root))) == [name for _, name in class_index_lines()]
+    mmaction_lists.write_lists(Config(dataset=str(root)), index)
+    assert (root / "ucf_train_split_1_rawframes.txt").read_text().splitlines() == [
+        "HammerThrow/v_HammerThrow_g08_c01 4 35", "YoYo/v_YoYo_g08_c01 4 100"]
+    assert (root / "ucf_val_split_1_rawframes.txt").read_text() == "HammerThrow/v_HammerThrow_g01_c01 4 35\n"

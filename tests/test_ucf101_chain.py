@@ -89,8 +89,9 @@ def test_ucf101_whole_chain(ucf_root, tmp_path, monkeypatch):
         warnings.simplefilter("error")          # every listed clip is on disk: no warning
         index = build_index(cfg)
     assert len(index) == 20 and index["has_video"].all()
-    classes = ev.index_class_names(index)
-    assert classes == list(CLASSES)
+    classes = ev.index_class_names(index)          # all 101 of classInd.txt: label = index - 1, kept
+    official = [line.split()[1] for line in (ucf_root / "splits" / "classInd.txt").read_text().splitlines()]
+    assert classes == official and [classes.index(c) for c in CLASSES] == [0, 34, 35, 36]
     assert set(index.loc[index["subset"] == "test", "source"]) == {"g01"}
     val_groups = index[index["subset"] == "val"].groupby("class_name")["source"].agg(frozenset)
     assert len(val_groups) == 4 and val_groups.nunique() == 1     # one group, in every class
@@ -115,7 +116,7 @@ def test_ucf101_whole_chain(ucf_root, tmp_path, monkeypatch):
         assert x.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE) and set(y) <= set(range(len(classes)))
         assert np.isfinite(train_one_step(model, data))
 
-    # evaluation: score files of the test videos, class names in classInd order; fusion
+    # evaluation: score files of the test videos, class names and labels of classInd.txt; fusion
     test_videos = index.loc[index["subset"] == "test", "video"].tolist()
     scores, val_scores = {}, {}
     for stream, (model, _) in trained.items():
@@ -125,7 +126,7 @@ def test_ucf101_whole_chain(ucf_root, tmp_path, monkeypatch):
         assert ev.scores_path(cfg, stream, "whole_video").is_file()
         saved = ev.load_scores(ev.scores_path(cfg, stream, "whole_video"))
         assert saved.class_names == classes and saved.video.tolist() == test_videos
-        assert saved.label.tolist() == [0, 1, 2, 3] and np.allclose(saved.scores.sum(axis=1), 1, atol=1e-4)
+        assert saved.label.tolist() == [0, 34, 35, 36] and np.allclose(saved.scores.sum(axis=1), 1, atol=1e-4)
         assert val_scores[stream].video.tolist() == val["video"].tolist()
     fused = ev.average_fusion(scores["spatial"], scores["temporal"])
     assert set(fused.metrics()) == {"top1", "top5", "mean_class", "n_videos"} and fused.metrics()["n_videos"] == 4

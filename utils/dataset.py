@@ -129,6 +129,7 @@ def _read_split_file(path) -> list[tuple[str, int, int]]:
                 raise ValueError(f"{where}: code must be 0 (unused), 1 (train) or 2 (test)")
             if os.path.splitext(filename)[1].lower() not in VIDEO_EXTENSIONS:
                 raise ValueError(f"{where}: video name must end in .avi or .mp4")
+            split_formats.check_name(filename, where, "video")     # no '../x.avi': nothing outside the dataset
             if filename in seen:
                 raise ValueError(f"{where}: {filename!r} already listed on line {seen[filename]}")
             seen[filename] = line_no
@@ -147,8 +148,9 @@ def _split_files(splits_dir: Path) -> dict[str, dict[int, Path]]:
     splits_dir = Path(splits_dir)
     if not splits_dir.is_dir():
         raise FileNotFoundError(
-            f"splits folder not found: {splits_dir} (expected <class>_test_split{{1,2,3}}.txt files; "
-            "for HMDB51 run `python -m utils.download`)"
+            f"splits folder not found: {splits_dir}, nor split definitions beside it (expected "
+            f"{split_formats.WHAT_IS_LOOKED_FOR}; for HMDB51 run `python -m utils.download`, for UCF101 "
+            "`python -m utils.download --dataset ucf101 --splits-only`)"
         )
     files = _split_files_in(splits_dir)
     if not files:   # the official archive unpacks to splits/testTrainMulti_7030_splits/: look one level down
@@ -156,7 +158,8 @@ def _split_files(splits_dir: Path) -> dict[str, dict[int, Path]]:
                   if e.is_dir() and (found := _split_files_in(Path(e.path)))}
         if len(nested) != 1:
             hint = (f"; there are sets in {len(nested)} sub-folders ({', '.join(sorted(p.name for p in nested))}): "
-                    "keep one" if nested else " or in a sub-folder of it")
+                    "keep one" if nested else
+                    f" or in a sub-folder of it, and no other split definitions ({split_formats.WHAT_IS_LOOKED_FOR})")
             raise FileNotFoundError(f"no <class>_test_split<k>.txt files in {splits_dir}{hint}")
         splits_dir, files = next(iter(nested.items()))
     for class_name, by_split in sorted(files.items()):
@@ -173,6 +176,7 @@ def _split_files_in(folder: Path) -> dict[str, dict[int, Path]]:
     for entry in os.scandir(folder):
         match = _SPLIT_FILE_PATTERN.match(entry.name)
         if match and entry.is_file():
+            split_formats.check_name(match["class_name"], entry.path, "class")   # '.._test_split1.txt'
             split = int(match["split"])
             if split not in SPLITS:
                 raise ValueError(f"{entry.path}: split number must be 1, 2 or 3")
@@ -181,13 +185,14 @@ def _split_files_in(folder: Path) -> dict[str, dict[int, Path]]:
 
 
 def class_names(cfg_or_splits_dir) -> list[str]:
-    """The class list in label order: HMDB51's sorted (one class per set of split files, a dataset
-    may have fewer than 51); UCF101's and mmaction2 lists' as they number them."""
+    """The class list in label order (``class_names[label]``; its length is the networks' number of
+    outputs): HMDB51's sorted (one class per set of split files, a dataset may have fewer than 51);
+    UCF101's all of ``classInd.txt``; mmaction2 lists' labels 0 .. the largest, as they number them."""
     splits_dir = cfg_or_splits_dir.splits_dir if isinstance(cfg_or_splits_dir, Config) else cfg_or_splits_dir
-    fmt = split_formats.detect_format(splits_dir)
-    if fmt != "hmdb51":  # UCF101 / mmaction2 lists: the label order they define
+    fmt, folder = split_formats.locate(splits_dir)
+    if fmt not in (None, "hmdb51"):  # UCF101 / mmaction2 lists: indexed by the labels they define
         return list(split_formats.load_table(splits_dir, fmt).attrs["class_names"])
-    return sorted(_split_files(Path(splits_dir)))
+    return sorted(_split_files(folder))
 
 
 def load_splits(splits_dir, check_hmdb51: bool | None = None) -> pd.DataFrame:
@@ -204,13 +209,13 @@ def load_splits(splits_dir, check_hmdb51: bool | None = None) -> pd.DataFrame:
     :mod:`utils.split_formats`): the same table, with ``table.attrs["class_names"]`` in the
     label order they define; ``None`` checks nothing there.
     """
-    splits_dir = Path(splits_dir)
-    fmt = split_formats.detect_format(splits_dir)
-    if fmt != "hmdb51":  # UCF101's official lists or mmaction2 list files (utils.split_formats)
+    fmt, folder = split_formats.locate(splits_dir)
+    if fmt not in (None, "hmdb51"):  # UCF101's official lists or mmaction2 list files (utils.split_formats)
         table = split_formats.load_table(splits_dir, fmt)
         if check_hmdb51:
-            check_hmdb51_counts(table, splits_dir)
+            check_hmdb51_counts(table, folder)
         return table
+    splits_dir = folder               # splits/, or mmaction2's annotations/ beside it
     files = _split_files(splits_dir)
     rows = []
     owner: dict[str, str] = {}
@@ -354,16 +359,22 @@ def carve_validation(table: pd.DataFrame, split: int, val_fraction: float, seed:
 # The index
 # --------------------------------------------------------------------------------------
 def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = None) -> pd.DataFrame:
-    """One row per video listed in ``cfg.splits_dir``, with its subset for ``cfg.split``.
+    """One row per video listed in the dataset's split definitions, with its subset for ``cfg.split``.
 
     Columns: video, filename, class_name, label, source, split1..split3, subset, video_path,
     has_video, frames_path, n_frames, n_flows, body_part, camera_motion, num_people,
-    viewpoint, quality, clip. Videos missing from ``cfg.videos_dir`` are kept
-    (``has_video`` False) with a warning; ``strict=True`` raises instead.
+    viewpoint, quality, clip. ``label`` is the dataset's own number (:func:`class_names`), and
+    ``index.attrs["class_names"]`` the whole class list by label. Videos missing from
+    ``cfg.videos_dir`` are kept (``has_video`` False) with a warning; ``strict=True`` raises
+    instead. A dataset without ``videos/`` (frames made elsewhere, e.g. by mmaction2) is not
+    warned about its videos, only about listed videos without a frames folder. Where mmaction2
+    lists give ``total_frames``, a folder holding more frames is used up to that number (as
+    mmaction2 reads it), one holding fewer as it is; either is warned about once.
     """
     table = load_splits(cfg.splits_dir, check_hmdb51=check_hmdb51)
+    _, defined_in = split_formats.locate(cfg.splits_dir)     # splits/, annotations/ or the lists' folder
     if (table[f"split{cfg.split}"] == "unused").all():
-        raise ValueError(f"{cfg.splits_dir} defines no clips for split {cfg.split}")
+        raise ValueError(f"{defined_in} defines no clips for split {cfg.split}")
     classes = list(table.attrs.get("class_names") or sorted(table["class_name"].unique()))
     label_of = {name: i for i, name in enumerate(classes)}
 
@@ -375,12 +386,13 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
     index["subset"] = carve_validation(index, cfg.split, cfg.val_fraction, cfg.seed)
 
     videos_dir, frames_dir = cfg.videos_dir, cfg.frames_dir
+    present = sorted(set(index["class_name"]))
     unlisted = unlisted_class_folders(videos_dir, classes)
     if unlisted:
-        warnings.warn(f"{len(unlisted)} folder(s) of {videos_dir} have no split files in {cfg.splits_dir}, so "
+        warnings.warn(f"{len(unlisted)} folder(s) of {videos_dir} have no split files in {defined_in}, so "
                       f"their videos are not in the index (never trained on or tested): {', '.join(unlisted)}; "
                       "add <class>_test_split<k>.txt files for them or move them out", stacklevel=2)
-    on_disk = {c: file_names(videos_dir / c) for c in classes}
+    on_disk = {c: file_names(videos_dir / c) for c in present}
     video_paths, has_video = [], []
     for class_name, filename, stem in zip(index["class_name"], index["filename"], index["video"]):
         names = on_disk[class_name]
@@ -390,25 +402,53 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
     index["video_path"] = video_paths
     index["has_video"] = has_video
 
-    extracted = {c: file_names(frames_dir / c) for c in classes}  # skip scanning folders that do not exist
+    extracted = {c: file_names(frames_dir / c) for c in present}  # skip scanning folders that do not exist
     index["frames_path"] = [frames_dir / c / v for c, v in zip(index["class_name"], index["video"])]
     counts = [count_frames(p) if v in extracted[c] else (0, 0)
               for c, v, p in zip(index["class_name"], index["video"], index["frames_path"])]
     index["n_frames"] = [n for n, _ in counts]
     index["n_flows"] = [n for _, n in counts]
+    if "listed_frames" in index:
+        _apply_listed_frames(index, defined_in)
 
-    missing = index.loc[~index["has_video"], "video_path"]
+    if videos_dir.is_dir():
+        missing = index.loc[~index["has_video"], "video_path"]
+        message = (f"{len(missing)} of {len(index)} videos listed in {defined_in} are not in {videos_dir}")
+    else:   # frames made elsewhere, no videos/ at all: only a missing frames folder is worth a word
+        missing = index.loc[index["n_frames"] < 1, "frames_path"]
+        message = (f"{len(missing)} of {len(index)} videos listed in {defined_in} have no frames in "
+                   f"{frames_dir} (and there is no {videos_dir} to extract them from)")
     if len(missing):
-        message = (f"{len(missing)} of {len(index)} videos listed in {cfg.splits_dir} are not in "
-                   f"{cfg.videos_dir}")
         if strict:
             first = "\n  ".join(str(p) for p in missing.head(5))
             raise FileNotFoundError(f"{message}; first missing:\n  {first}")
-        warnings.warn(message + " (indexed with has_video=False)", stacklevel=2)
+        warnings.warn(message + (" (indexed with has_video=False)" if videos_dir.is_dir() else ""), stacklevel=2)
 
     columns = ["video", "filename", "class_name", "label", "source", "split1", "split2", "split3",
                "subset", "video_path", "has_video", "frames_path", "n_frames", "n_flows", *META_KEYS]
-    return index[columns]
+    index = index[columns]
+    index.attrs = {"class_names": classes}
+    return index
+
+
+def _apply_listed_frames(index: pd.DataFrame, lists_folder) -> None:
+    """Use a list's ``total_frames`` where the folder holds more frames (mmaction2 reads only those); warn
+    about every video whose folder holds another number (fewer: the folder's count is used)."""
+    listed = index["listed_frames"].astype(int)
+    extracted = index["n_frames"] > 0
+    more = extracted & (index["n_frames"] > listed)
+    fewer = extracted & (index["n_frames"] < listed)
+    if not (more.any() or fewer.any()):
+        return
+    examples = [f"{r.class_name}/{r.video}: total_frames {int(r.listed_frames)} in the list, {int(r.n_frames)} "
+                f"img_ files in {r.frames_path}" for r in index[more | fewer].head(3).itertuples()]
+    warnings.warn(
+        f"{int((more | fewer).sum())} of {int(extracted.sum())} extracted videos of the mmaction2 lists in "
+        f"{lists_folder} hold another number of frames than their total_frames ({int(more.sum())} more: "
+        f"only the first total_frames are used, as mmaction2 does; {int(fewer.sum())} fewer: the frames that "
+        f"are there are used); e.g. " + "; ".join(examples), stacklevel=3)
+    index.loc[more, "n_frames"] = listed[more]
+    index.loc[more, "n_flows"] = np.minimum(index.loc[more, "n_flows"], listed[more] - 1).clip(lower=0)
 
 
 def unlisted_class_folders(videos_dir, classes) -> list[str]:
@@ -468,7 +508,11 @@ def usable_videos(index: pd.DataFrame, stack_length: int | None = None, *, frame
         elif n_frames < 1 and not present:
             status.append(UNUSABLE)
             where = Path(row.video_path).parent if "video_path" in index else f"videos/{row.class_name}/"
-            reasons.append(f"video file not found in {where}")
+            if "video_path" in index and not Path(row.video_path).parent.parent.is_dir():   # frames-only dataset
+                reasons.append(f"no frames folder in {Path(row.frames_path).parent} (and no videos folder "
+                               "to extract it from)")
+            else:
+                reasons.append(f"video file not found in {where}")
         elif n_frames < 1:
             status.append(NOT_EXTRACTED)
             reasons.append("not extracted yet")

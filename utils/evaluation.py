@@ -460,9 +460,21 @@ def evaluation_rows(cfg: Config, subset: str = "test", *, index: pd.DataFrame | 
 
 
 def index_class_names(index: pd.DataFrame) -> list[str]:
-    """Class names ordered by label, from a dataset index (``label``, ``class_name`` columns)."""
+    """Class names by label (``names[label]``), from a dataset index: its ``attrs["class_names"]`` (the
+    dataset's whole label list, set by :func:`utils.dataset.build_index`), else its ``label`` and
+    ``class_name`` columns, which must then number the classes 0 ... n_classes - 1."""
     pairs = index[["label", "class_name"]].drop_duplicates().sort_values("label")
-    if pairs["label"].duplicated().any() or list(pairs["label"]) != list(range(len(pairs))):
+    if pairs["label"].duplicated().any() or pairs["class_name"].duplicated().any():
+        raise ValueError("the index labels are not one class name each")
+    names = index.attrs.get("class_names")
+    if names is not None:
+        wrong = [(int(k), c) for k, c in zip(pairs["label"], pairs["class_name"])
+                 if not 0 <= int(k) < len(names) or names[int(k)] != c]
+        if wrong:
+            raise ValueError(f"the index's label {wrong[0][0]} is class {wrong[0][1]!r}, which its class list "
+                             f"(attrs['class_names'], {len(names)} labels) does not say")
+        return [str(c) for c in names]
+    if list(pairs["label"]) != list(range(len(pairs))):
         raise ValueError("the index labels are not 0 ... n_classes - 1, one class name each")
     return [str(c) for c in pairs["class_name"]]
 

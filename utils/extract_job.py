@@ -40,7 +40,8 @@ import cv2
 import numpy as np
 
 from utils.flow import FLOW_BOUND, get_flow_method, make_video_flow, quantize_flow
-from utils.rawframes import SETTINGS_FILE, TMP_PREFIX, flow_files, frame_file, write_atomically
+from utils.rawframes import (FLOW_NAMINGS, MADE_ELSEWHERE, SETTINGS_FILE, TMP_PREFIX, flow_files, frame_file,
+                             has_video_folders, made_elsewhere_settings, write_atomically)
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 MISSING_FRAMES_TOLERANCE = 2   # HMDB51's AVI headers count one frame more than decodes
@@ -72,15 +73,28 @@ class ExtractionSettings:
 
 
 def check_settings(out_dir: Path, settings: ExtractionSettings) -> None:
-    """Refuse to mix outputs of different settings in one folder; record the settings otherwise."""
+    """Refuse to mix outputs of different settings in one folder; record the settings otherwise.
+
+    A folder that already holds video folders but no settings file was made elsewhere: it is
+    recorded as such (``origin`` :data:`utils.rawframes.MADE_ELSEWHERE`, method unknown), with the
+    settings of the videos added here under ``added_here``, never as if these settings made it all.
+    """
     path = out_dir / SETTINGS_FILE
     wanted = settings.to_json()
+    if not path.is_file() and has_video_folders(out_dir):
+        write_atomically(path, json.dumps({**made_elsewhere_settings(), "added_here": wanted}, indent=2) + "\n")
+        return
     if path.is_file():
         try:
             found = json.loads(path.read_text())
         except ValueError:
             raise ValueError(f"{path} is not readable JSON (a damaged file?), so the settings of the frames in "
                              f"{out_dir} are unknown; delete {out_dir} or extract into another folder") from None
+        if isinstance(found, dict) and found.get("origin") == MADE_ELSEWHERE:
+            if found.get("added_here") is None:
+                write_atomically(path, json.dumps({**found, "added_here": wanted}, indent=2) + "\n")
+                return
+            found = found["added_here"]          # the videos added here share one setting
         if found != wanted:
             changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ValueError(
@@ -261,7 +275,7 @@ def stored_frames(video_path: str | Path, folder: Path, settings: ExtractionSett
 def write_flows(folder: str | Path, first_index: int, flows: np.ndarray, settings: ExtractionSettings) -> int:
     """Quantise flows ``first_index, first_index + 1, ...`` (1-based) and write them as JPEGs; their number."""
     for offset, flow in enumerate(quantize_flow(flows, settings.flow_bound)):
-        path_x, path_y = flow_files(folder, first_index + offset)
+        path_x, path_y = flow_files(folder, first_index + offset, FLOW_NAMINGS[0])   # always flow_x_/flow_y_
         path_x.write_bytes(encode_jpeg(flow[..., 0], settings.jpeg_quality))
         path_y.write_bytes(encode_jpeg(flow[..., 1], settings.jpeg_quality))
     return len(flows)

@@ -44,6 +44,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from utils.rawframes import flow_files   # flow_x_/flow_y_, or mmaction2's x_/y_ names
+
 FLOW_BOUND = 20.0        # |flow| is clipped to this many pixels before quantisation
 UNKNOWN_FLOW = 1e9       # Middlebury .flo: components above this mean "no ground truth here"
 FLO_MAGIC = 202021.25    # first float32 of every Middlebury .flo file
@@ -77,10 +79,8 @@ def dequantize_flow(quantized: np.ndarray, bound: float = FLOW_BOUND) -> np.ndar
 
 def read_flow_jpegs(video_dir: str | Path, index: int, bound: float = FLOW_BOUND) -> np.ndarray:
     """Stored flow ``index`` (1-based) of an extracted video as float32[H, W, 2] pixels."""
-    video_dir = Path(video_dir)
     components = []
-    for axis in ("x", "y"):
-        path = video_dir / f"flow_{axis}_{index:05d}.jpg"
+    for path in flow_files(video_dir, index):
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise FileNotFoundError(f"cannot read flow image {path}")

@@ -46,8 +46,9 @@ uninterrupted run. (``fit`` additionally shuffles the order of whole batches wit
 ``random``; ``keras.utils.set_random_seed`` fixes that, or pass ``shuffle=False``.)
 
 Raw loaders (``read_frame``, ``read_flow_stack``) take file names from :mod:`utils.rawframes`
-(``img_{i:05d}.jpg`` / ``flow_x_{i:05d}.jpg`` / ``flow_y_{i:05d}.jpg``); HMDB51 video names contain
-``[ ] ( ) ! + &`` so nothing here ever globs.
+(``img_{i:05d}.jpg`` / ``flow_x_{i:05d}.jpg`` / ``flow_y_{i:05d}.jpg``, or mmaction2's ``x_``/``y_``
+flow names where a folder uses them); HMDB51 video names contain ``[ ] ( ) ! + &`` so nothing here
+ever globs.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ import keras
 import numpy as np
 
 from utils.flow import FLOW_BOUND, dequantize_flow, draw_flow_colour_key, flow_to_color
-from utils.rawframes import flow_files, frame_file
+from utils.rawframes import flow_files, flow_naming, frame_file
 
 TRAIN_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)   # crop side / short side, TSN's multi-scale crop
 EVAL_CROP_SCALE = 0.875                        # deterministic centre crop at evaluation
@@ -110,8 +111,9 @@ def read_flow_uint8(frames_path: PathLike, start: int, stack_length: int = 10) -
     if int(start) < 1:
         raise ValueError(f"flow indices are 1-based, got start={start} for {frames_path}")
     planes = []
+    naming = flow_naming(frames_path)          # flow_x_/flow_y_, or mmaction2's x_/y_: once per stack
     for t in range(int(start), int(start) + stack_length):
-        for path in flow_files(frames_path, t):
+        for path in flow_files(frames_path, t, naming):
             planes.append(_imread(path, cv2.IMREAD_GRAYSCALE))
     return np.stack(planes, axis=-1)
 

@@ -18,6 +18,11 @@ their colour-coded flow with a colour key, and the three bar charts), by default
 ``report/<run>/predictions/<clip>.png``, and beside it ``<clip>.gif``: the clip (up to 48 frames from
 its middle) playing next to its colour-coded flow.
 
+The flow method is the run's own (its extraction settings), or ``--flow-method``; where the run's
+frames were made elsewhere (method unknown), TV-L1, the default; the output says which and why.
+The clip's path is checked, and a clip too short for the temporal stream refused, before any
+network is loaded (Keras and its backend are imported only then).
+
 A run's class names and extraction settings are kept in ``models/<run>/run_info.json``
 (:func:`save_run_info`), so predicting needs no dataset folder. When that file is missing they
 are read once from the dataset the run was trained on (``data/<name>`` for a run
@@ -35,19 +40,23 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from utils import config
-from utils import evaluation as ev
 from utils.config import BUILTIN_DATASETS, Config
+
+if TYPE_CHECKING:   # imported where needed: `python -m utils.predict` checks its arguments before Keras loads
+    from utils import evaluation as ev
 
 RUN_INFO_FILE = "run_info.json"
 CHECKPOINT = "best"
 TOP = 5
 N_PICTURES = 4        # frames (and flows) shown in the picture
 ANIMATION_PAIRS = 48  # consecutive frames (with the flow after each) in the animation, from the clip's middle
+DEFAULT_FLOW_METHOD = "tvl1"   # where the run's own method is unknown
 DEMO_NOTE = ("the models of run {run} were trained on the synthetic demo dataset: {n} classes of "
              "coloured squares moving up, down or sideways ({classes}), not on real actions.")
 
@@ -62,7 +71,7 @@ def run_folder(run: str) -> Path:
 
 def checkpoint_paths(run: str) -> dict[str, Path]:
     """``{"spatial": models/<run>/spatial/best.keras, "temporal": ...}``."""
-    return {stream: run_folder(run) / stream / f"{CHECKPOINT}.keras" for stream in ev.STREAMS}
+    return {stream: run_folder(run) / stream / f"{CHECKPOINT}.keras" for stream in ("spatial", "temporal")}
 
 
 def runs_with_checkpoints() -> list[str]:
@@ -104,15 +113,15 @@ def save_run_info(cfg: Config, index: pd.DataFrame | None = None) -> Path:
     """
     import cv2
 
-    from utils.rawframes import SETTINGS_FILE, frame_file
+    from utils import evaluation as ev
+    from utils.rawframes import frame_file, read_extraction_settings
 
     if index is None:
         from utils.dataset import build_index
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)   # videos missing on disk do not matter here
             index = build_index(cfg)
-    settings_path = Path(cfg.frames_dir) / SETTINGS_FILE
-    extraction = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+    extraction = read_extraction_settings(cfg.frames_dir)    # frames made elsewhere: {"origin": ..., "method": None}
     frame_size = None
     extracted = index[index["n_frames"] > 0]
     if len(extracted):
@@ -162,7 +171,7 @@ def clip_settings(info: dict, flow_method: str | None = None, max_frames: int | 
     from utils.extract_job import ExtractionSettings
 
     extraction = dict(info.get("extraction") or {})
-    method = flow_method or extraction.get("method") or "tvl1"
+    method = flow_method or extraction.get("method") or DEFAULT_FLOW_METHOD
     size = tuple(extraction["size"]) if extraction.get("size") else None
     short_side = extraction.get("short_side")
     if size is None and short_side is None and info.get("frame_size"):
@@ -171,6 +180,20 @@ def clip_settings(info: dict, flow_method: str | None = None, max_frames: int | 
     known = {k: extraction[k] for k in ("jpeg_quality", "flow_bound") if extraction.get(k) is not None}
     return ExtractionSettings(method=method, size=size, short_side=short_side, max_frames=max_frames,
                               method_options=options, **known)
+
+
+def flow_method_reason(info: dict, flow_method: str | None = None) -> str:
+    """Why the clip's flow is computed with the method :func:`clip_settings` picks, in words."""
+    extraction = info.get("extraction") or {}
+    trained, run = extraction.get("method"), info.get("run", "the run")
+    if flow_method:
+        return f"{flow_method!r}, as asked (--flow-method)"
+    if trained:
+        return f"{trained!r}, the method the frames of run {run} were extracted with (its run_info.json)"
+    why = (f"the frames of run {run} were {extraction['origin']}" if extraction.get("origin")
+           else f"run {run} records no extraction settings")
+    return (f"{DEFAULT_FLOW_METHOD!r}, the default (the paper's TV-L1), because {why}; if they were made with "
+            "another method, pass it with --flow-method")
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,6 +218,7 @@ class Prediction:
     picture_positions: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     animation: bytes | None = None       # GIF: the clip beside its colour-coded flow (utils.plots.clip_animation)
+    flow_reason: str = ""                 # which flow method, and why (see flow_method_reason)
 
     def top(self, name: str, k: int = TOP) -> list[tuple[str, float]]:
         """The ``k`` best classes of ``"spatial"``, ``"temporal"`` or ``"fusion"`` with their probabilities."""
@@ -213,19 +237,21 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
                   flow_method: str | None = None, max_frames: int | None = None,
                   batch_size: int = 32, progress: bool = False) -> Prediction:
     """Both streams of ``run`` and their average on one clip (whole-video protocol); see the module docstring."""
+    video = Path(video)
+    if not video.is_file():      # before anything heavy is imported
+        raise FileNotFoundError(f"no video {video}" + (" (a folder)" if video.is_dir() else ""))
+    from utils import evaluation as ev
     from utils import flow as flow_lib
-    from utils import generators, plots
     from utils.dataset import video_metadata
     from utils.extract_job import VideoReadError, extract_video
     from utils.rawframes import count_frames
 
-    video = Path(video)
-    if not video.is_file():
-        raise FileNotFoundError(f"no video {video}")
     paths = check_checkpoints(run)
     info = load_run_info(run, dataset)
     classes = list(info["class_names"])
     settings = clip_settings(info, flow_method, max_frames)
+    temporal_shape = ev.checkpoint_input_shape(paths["temporal"])   # read from the file, no model built
+    needed = int(temporal_shape[-1]) // 2 if temporal_shape and temporal_shape[-1] else None
     meta = video_metadata(video)
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
@@ -240,6 +266,10 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
             raise ValueError(f"cannot use {video}: {error}") from error
         seconds["extract"] = time.perf_counter() - started
         n_frames, n_flows = count_frames(folder)
+        if needed is not None and n_flows < needed:   # before either stream runs
+            raise ValueError(f"{video} has {n_frames} decodable frames; the temporal stream of run {run!r} needs "
+                             f"at least {needed + 1} (stacks of {needed} flows): give a longer clip")
+        from utils import generators, plots    # Keras and its backend from here on
         rows = pd.DataFrame({"frames_path": [folder], "n_frames": [n_frames], "n_flows": [n_flows]})
         scores = {}
         for stream in ev.STREAMS:
@@ -266,7 +296,8 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
         animation = plots.rawframes_animation(folder, max_pairs=ANIMATION_PAIRS)
     prediction = Prediction(video, run, classes, scores, n_frames, n_flows,
                             (meta["width"], meta["height"]), (frames[0].shape[1], frames[0].shape[0]),
-                            settings.method, seconds, frames, flows, positions, animation=animation)
+                            settings.method, seconds, frames, flows, positions, animation=animation,
+                            flow_reason=flow_method_reason(info, flow_method))
     prediction.notes = _notes(prediction, info)
     return prediction
 
@@ -286,6 +317,8 @@ def _notes(prediction: Prediction, info: dict) -> list[str]:
             notes.append("WARNING: " + note + " This clip is not a demo clip, so the answer below is "
                          "meaningless; for real clips use models trained on HMDB51 or UCF101 "
                          "(python -m utils.run --dataset hmdb51, then --run hmdb51_split1).")
+    if prediction.flow_reason:
+        notes.append(f"optical flow: {prediction.flow_reason}.")
     trained_method = (info.get("extraction") or {}).get("method")
     if trained_method and trained_method != prediction.flow_method:
         notes.append(f"flow computed with {prediction.flow_method!r}; the temporal stream was trained on "

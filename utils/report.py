@@ -131,16 +131,18 @@ def confusion_matrix_figure(scores: Scores, title: str = "") -> Figure:
     """Row-normalised confusion matrix (true class x predicted class) of video scores."""
     from sklearn.metrics import confusion_matrix
 
-    n = len(scores.class_names)
-    cm = confusion_matrix(scores.label, scores.predicted, labels=np.arange(n), normalize="true")
+    shown = np.union1d(scores.label, scores.predicted)   # labels the dataset defines but no video has or gets: not drawn
+    names = [scores.class_names[k] for k in shown]
+    n = len(shown)
+    cm = confusion_matrix(scores.label, scores.predicted, labels=shown, normalize="true")
     side = min(16.0, 3.0 + 0.25 * n)
     fig = Figure(figsize=(side + 1.5, side))
     ax = fig.add_subplot()
     image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.04, label="share of the class's videos")
     font = max(4, min(9, 300 // n))
-    ax.set_xticks(range(n), scores.class_names, rotation=90, fontsize=font)
-    ax.set_yticks(range(n), scores.class_names, fontsize=font)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
     if n <= 15:
         for i in range(n):
             for j in range(n):
@@ -157,7 +159,7 @@ def confusion_matrix_figure(scores: Scores, title: str = "") -> Figure:
 def per_class_accuracy_figure(results: dict[str, Scores], title: str = "") -> Figure:
     """Per-class accuracy of each stream and fusion (grouped horizontal bars, sorted by fusion)."""
     series = {NETWORKS[k]: per_class_accuracy(s) for k, s in results.items() if k in NETWORKS}
-    frame = pd.DataFrame(series) * 100
+    frame = pd.DataFrame(series).dropna(how="all") * 100    # classes without test videos: no bar
     sort_by = next((NETWORKS[k] for k in ("average", "spatial", "temporal") if NETWORKS[k] in frame), None)
     if sort_by is not None:
         frame = frame.sort_values(sort_by)
@@ -373,12 +375,17 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
     lines += ["## Settings", ""]
     lines.append(f"- dataset: `{cfg.dataset_name}` (`{_relative(cfg.data_root)}`), split {cfg.split}")
     if any_scores is not None:
-        lines.append(f"- classes: {len(any_scores.class_names)}; test videos: " + ", ".join(
+        tested = len(np.unique(any_scores.label))
+        lines.append(f"- classes: {len(any_scores.class_names)}"
+                     + (f" labels (the dataset's numbering), {tested} of them in the test videos"
+                        if tested < len(any_scores.class_names) else "") + "; test videos: " + ", ".join(
             f"{n} ({PROTOCOL_NAMES[p].lower()})" for p, n in n_test.items()))
         meta = any_scores.meta
+        method = meta.get("flow_method", cfg.flow_method)
+        origin = (meta.get("extraction") or {}).get("origin")      # "made elsewhere; method unknown"
+        flow = f"{method} flow" if method else f"flow {origin}" if origin else "flow of unknown method"
         lines.append(f"- input: {meta.get('image_size', cfg.image_size)} px crops; flow stacks of "
-                     f"L = {meta.get('stack_length', cfg.stack_length)} "
-                     f"({meta.get('flow_method', cfg.flow_method)} flow)")
+                     f"L = {meta.get('stack_length', cfg.stack_length)} ({flow})")
         missing = {m for res in results.values() for s in res.values() for m in [s.meta.get("n_missing")] if m}
         if missing:
             lines.append(f"- **partial test split**: {max(missing)} test videos were left out (not on disk, "

@@ -24,8 +24,22 @@ v_HandStandPushups_g01_c01.avi``; the folder is the class.)
 
 mmaction2's ``<dataset>_{train,val}_split_{1,2,3}_rawframes.txt`` lists (lines ``<class>/<video>
 <total_frames> <label>``, the format of mmaction2's ``RawframeDataset``; ``val`` is the official test
-split) are read in ``splits/`` or, where mmaction2 writes them, in the dataset folder;
-:mod:`utils.mmaction_lists` writes them.
+split) are read in ``splits/``, in the dataset folder (where mmaction2's ``build_file_list.py``
+writes them) or in ``annotations/``; :mod:`utils.mmaction_lists` writes them.
+
+Where: the official files (HMDB51's or UCF101's) are looked for in ``splits/`` and then in
+``annotations/`` (mmaction2's ``download_annotations.sh`` puts them there), and win over
+mmaction2 lists (:func:`locate`).
+
+Labels are the dataset's own numbers: UCF101's ``classInd.txt`` index - 1, a list's label as it
+is written. The class list (``table.attrs["class_names"]``) is indexed by label, so it is as long
+as the labels the dataset defines: all of ``classInd.txt`` (101 classes for UCF101, whichever
+clips the lists hold), and labels 0 .. the largest label of mmaction2 lists, where a number no
+line uses gets the name ``(label k)`` (:func:`unnamed_label`). The networks get that many outputs.
+
+No name in a list may lead out of the dataset's folders: a class or video that is empty, ``.``
+or ``..``, or holds a ``/`` (an absolute path) or a ``\\``, is refused with the file and line
+(:func:`check_name`).
 """
 from __future__ import annotations
 
@@ -43,6 +57,7 @@ _HMDB51_FILE = re.compile(r"^.+_test_split\d+\.txt$")
 _UCF101_LIST = re.compile(r"^(?:train|test)list\d+\.txt$", re.IGNORECASE)
 _UCF101_NAME = re.compile(r"^v_(?P<name>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
 SUBSET_ROLES = {"train": "train", "val": "test"}   # mmaction2 list subset -> role in the split table
+MAX_LABEL = 99_999     # labels of mmaction2 lists (Kinetics-700 has 700 classes)
 _LIST_FILE = re.compile(r"^(?P<dataset>.+)_(?P<subset>train|val)_split_(?P<split>\d+)_rawframes\.txt$")
 
 
@@ -59,44 +74,91 @@ def _file_names(folder: Path) -> list[str]:
         return []
 
 
-def detect_format(splits_dir) -> str:
-    """``"hmdb51"``, ``"ucf101"`` or ``"mmaction2"``: which split definition ``splits_dir`` holds.
+ANNOTATIONS = "annotations"   # mmaction2's folder for the official split files, beside splits/
+WHAT_IS_LOOKED_FOR = (
+    "HMDB51's <class>_test_split<k>.txt files or UCF101's classInd.txt with trainlist0<k>.txt / "
+    "testlist0<k>.txt (in splits/ or annotations/), or mmaction2's "
+    "<dataset>_{train,val}_split_<k>_rawframes.txt lists (in splits/, the dataset folder or annotations/)")
 
-    HMDB51's files win when several kinds are present (mmaction2's HMDB51 tools write UCF101-style
-    lists next to them); mmaction2 lists are also looked for in the folder above ``splits_dir``.
-    A folder with none of them is ``"hmdb51"``, whose reader then says what is missing.
-    """
-    names = _file_names(Path(splits_dir))
+
+def _official_format(folder: Path) -> str | None:
+    """``"hmdb51"`` / ``"ucf101"`` when ``folder`` (HMDB51: or one sub-folder of it) holds official files."""
+    names = _file_names(folder)
     if any(_HMDB51_FILE.match(n) for n in names):
         return "hmdb51"
     if any(n.casefold() == UCF101_CLASS_INDEX.casefold() or _UCF101_LIST.match(n) for n in names):
         return "ucf101"
-    if find_list_folder(splits_dir) is not None:
-        return "mmaction2"
-    return "hmdb51"
+    try:   # the official HMDB51 archive unpacks to testTrainMulti_7030_splits/
+        subfolders = [e.path for e in os.scandir(folder) if e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if any(_HMDB51_FILE.match(n) for sub in subfolders for n in _file_names(Path(sub))):
+        return "hmdb51"
+    return None
+
+
+def locate(splits_dir) -> tuple[str | None, Path]:
+    """``(format, folder)``: which split definition a dataset has and the folder that holds it.
+
+    The official files first, in ``splits_dir`` and then in ``annotations/`` beside it (HMDB51's
+    win when both kinds are in one folder: mmaction2's HMDB51 tools write UCF101-style lists next
+    to them); then mmaction2 lists (:func:`find_list_folder`). ``(None, splits_dir)`` if none.
+    """
+    splits_dir = Path(splits_dir)
+    for folder in (splits_dir, splits_dir.parent / ANNOTATIONS):
+        fmt = _official_format(folder)
+        if fmt is not None:
+            return fmt, folder
+    lists = find_list_folder(splits_dir)
+    if lists is not None:
+        return "mmaction2", lists
+    return None, splits_dir
+
+
+def detect_format(splits_dir) -> str:
+    """``"hmdb51"``, ``"ucf101"`` or ``"mmaction2"``: which split definition the dataset of ``splits_dir``
+    has (see :func:`locate`). None found is ``"hmdb51"``, whose reader then says what is missing."""
+    return locate(splits_dir)[0] or "hmdb51"
 
 
 def load_table(splits_dir, fmt: str) -> pd.DataFrame:
     """The split table of a non-HMDB51 format; ``table.attrs["class_names"]`` is the label order."""
     if fmt == "ucf101":
-        return load_ucf101_splits(splits_dir)
+        return load_ucf101_splits(locate(splits_dir)[1])
     if fmt == "mmaction2":
         return load_list_splits(splits_dir)
     raise ValueError(f"format must be one of {FORMATS[1:]} here, got {fmt!r}")
 
 
+def check_name(name: str, where: str, what: str) -> str:
+    """``name`` (one class or video of a list line) if it is a plain folder name inside the dataset.
+
+    Refused, naming ``where`` (file and line): empty, ``.`` or ``..``, or holding a ``/`` (an absolute
+    path or nested folders), a ``\\`` or a NUL byte: each could read or write outside ``rawframes/``
+    or ``videos/``.
+    """
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        shown = "an empty name" if not name else repr(name)
+        raise ValueError(f"{where}: {what} {shown} would lead outside the dataset's folders "
+                         "(list files may not hold '.', '..', absolute paths or backslashes)")
+    return name
+
+
 def split_files(splits_dir, split: int) -> list[Path]:
     """The files that define split ``split`` of ``splits_dir``, whatever the format (for display)."""
-    splits_dir = Path(splits_dir)
-    fmt = detect_format(splits_dir)
+    fmt, splits_dir = locate(splits_dir)
     if fmt == "ucf101":
         return [splits_dir / UCF101_CLASS_INDEX] + [splits_dir / ucf101_list_name(kind, split)
                                                     for kind in ("train", "test")]
     if fmt == "mmaction2":
-        lists = find_lists(find_list_folder(splits_dir))
+        lists = find_lists(splits_dir)
         return [lists[key] for key in (("train", split), ("val", split)) if key in lists]
-    return sorted(p for p in (splits_dir / n for n in _file_names(splits_dir))
-                  if p.name.endswith(f"_test_split{split}.txt"))
+    found = sorted(p for p in (splits_dir / n for n in _file_names(splits_dir))
+                   if p.name.endswith(f"_test_split{split}.txt"))
+    if not found and splits_dir.is_dir():     # testTrainMulti_7030_splits/
+        found = sorted(Path(e.path) / n for e in os.scandir(splits_dir) if e.is_dir()
+                       for n in _file_names(Path(e.path)) if n.endswith(f"_test_split{split}.txt"))
+    return found
 
 
 # --------------------------------------------------------------------------------------
@@ -136,7 +198,7 @@ def read_class_index(path) -> list[str]:
             raise ValueError(f"{where}: class indices must count 1, 2, 3, ... (expected {len(names) + 1})")
         if parts[1] in names:
             raise ValueError(f"{where}: class {parts[1]!r} already listed as {names.index(parts[1]) + 1}")
-        names.append(parts[1])
+        names.append(check_name(parts[1], where, "class"))
     if not names:
         raise ValueError(f"class index is empty: {path}")
     return names
@@ -157,6 +219,8 @@ def read_ucf101_list(path, class_index: dict[str, int]) -> list[tuple[str, str, 
         if len(parts) not in (1, 2) or parts[0].count("/") != 1:
             raise ValueError(f"{where}: expected '<ClassName>/<clip>.avi' and an optional class index")
         class_name, filename = parts[0].split("/")
+        check_name(class_name, where, "class")
+        check_name(filename, where, "clip")
         if not filename.lower().endswith(VIDEO_EXTENSIONS):
             raise ValueError(f"{where}: video name must end in .avi or .mp4")
         if class_name not in class_index:
@@ -207,8 +271,7 @@ def load_ucf101_splits(splits_dir) -> pd.DataFrame:
     order = {name: i for i, name in enumerate(classes)}
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: (order[r["class_name"]], r["filename"])),
                          columns=["class_name", "filename", "video", "split1", "split2", "split3"])
-    present = set(table["class_name"])
-    table.attrs["class_names"] = [c for c in classes if c in present]
+    table.attrs["class_names"] = list(classes)   # all of classInd.txt: label = index - 1, whichever clips are listed
     return table
 
 
@@ -218,6 +281,12 @@ def load_ucf101_splits(splits_dir) -> pd.DataFrame:
 def list_file_name(dataset_name: str, subset: str, split: int) -> str:
     """``<dataset>_<train|val>_split_<k>_rawframes.txt``, mmaction2's name."""
     return f"{dataset_name}_{subset}_split_{split}_rawframes.txt"
+
+
+def parse_list_file_name(name: str) -> tuple[str, str, int] | None:
+    """``(dataset, subset, split)`` of an mmaction2 list file name (see :func:`list_file_name`), else None."""
+    match = _LIST_FILE.match(name)
+    return (match["dataset"], match["subset"], int(match["split"])) if match else None
 
 
 def find_lists(folder) -> dict[tuple[str, int], Path]:
@@ -252,12 +321,17 @@ def find_lists(folder) -> dict[tuple[str, int], Path]:
 
 
 def find_list_folder(splits_dir) -> Path | None:
-    """``splits_dir`` or the dataset folder above it, whichever holds mmaction2 list files first."""
+    """``splits_dir``, the dataset folder above it or ``annotations/``, whichever holds mmaction2 lists first."""
     splits_dir = Path(splits_dir)
-    for folder in (splits_dir, splits_dir.parent):
+    for folder in (splits_dir, splits_dir.parent, splits_dir.parent / ANNOTATIONS):
         if find_lists(folder):
             return folder
     return None
+
+
+def unnamed_label(label: int) -> str:
+    """The class name of a label that mmaction2 lists leave unused: ``"(label 7)"``."""
+    return f"(label {int(label)})"
 
 
 def read_list(path) -> list[tuple[str, str, int, int, int]]:
@@ -280,18 +354,20 @@ def read_list(path) -> list[tuple[str, str, int, int, int]]:
                 raise ValueError(f"{where}: expected '<class>/<video> <total_frames> <label>' "
                                  "(multi-label and offset lists are not supported)")
             folder, frames_text, label_text = parts
-            if folder.strip("/").count("/") != 1:
+            if folder.startswith(("/", "\\")):
+                check_name(folder, where, "folder")          # an absolute path: refused
+            if folder.rstrip("/").count("/") != 1:
                 raise ValueError(f"{where}: the folder must be '<class>/<video>' under rawframes/ "
                                  "(a list built with --level 1 has no class folder)")
             if not (frames_text.isdigit() and label_text.isdigit()):
                 raise ValueError(f"{where}: total_frames and label must be non-negative integers")
-            class_name, video = folder.strip("/").split("/")
+            class_name, video = folder.rstrip("/").split("/")
+            check_name(class_name, where, "class")
+            check_name(video, where, "video")
             if folder in seen:
                 raise ValueError(f"{where}: {folder!r} already listed on line {seen[folder]}")
             seen[folder] = line_no
             entries.append((class_name, video, int(frames_text), int(label_text), line_no))
-    if not entries:
-        raise ValueError(f"list file is empty: {path}")
     return entries
 
 
@@ -299,20 +375,26 @@ def load_list_splits(splits_dir) -> pd.DataFrame:
     """mmaction2 rawframe lists (see :func:`find_list_folder`) as the split table of ``utils.dataset``.
 
     A video is "train" in split k when the train list of split k has it, "test" when the val list
-    has it, "unused" otherwise. Each class folder must carry one label and each label one class;
-    the labels give the class order (``table.attrs["class_names"]``).
+    has it, "unused" otherwise. Each class folder must carry one label and each label one class,
+    and every list must give a video the same ``total_frames`` (column ``listed_frames``). The
+    labels are kept as written: ``table.attrs["class_names"][label]`` is the class of a label, for
+    labels 0 .. the largest one (:func:`unnamed_label` for numbers no line uses).
     """
     folder = find_list_folder(splits_dir)
     if folder is None:
-        raise FileNotFoundError(f"no <dataset>_{{train,val}}_split_<k>_rawframes.txt in {splits_dir} "
-                                f"or {Path(splits_dir).parent}")
+        raise FileNotFoundError(f"no <dataset>_{{train,val}}_split_<k>_rawframes.txt in {splits_dir}, "
+                                f"{Path(splits_dir).parent} or {Path(splits_dir).parent / ANNOTATIONS}")
     lists = find_lists(folder)
     rows: dict[str, dict] = {}
     label_of: dict[str, tuple[int, str]] = {}   # class -> (label, where)
     class_of: dict[int, str] = {}
+    frames_of: dict[str, tuple[int, str]] = {}  # video -> (total_frames, where)
     for (subset, split), path in sorted(lists.items(), key=lambda item: (item[0][1], item[0][0])):
-        for class_name, video, _, label, line_no in read_list(path):
+        for class_name, video, total_frames, label, line_no in read_list(path):
             where = f"{path}, line {line_no}"
+            if label > MAX_LABEL:
+                raise ValueError(f"{where}: label {label} is larger than {MAX_LABEL}: a network with that "
+                                 "many outputs is surely not meant (labels are 0-based class numbers)")
             if class_name in label_of and label_of[class_name][0] != label:
                 raise ValueError(f"{where}: class {class_name!r} has label {label} here but "
                                  f"{label_of[class_name][0]} at {label_of[class_name][1]}")
@@ -321,16 +403,27 @@ def load_list_splits(splits_dir) -> pd.DataFrame:
                                  f"{class_of[label]!r} elsewhere")
             label_of.setdefault(class_name, (label, where))
             row = rows.setdefault(video, {"class_name": class_name, "filename": f"{video}.avi", "video": video,
-                                          **{f"split{s}": "unused" for s in SPLITS}})
+                                          **{f"split{s}": "unused" for s in SPLITS},
+                                          "listed_frames": total_frames})
             if row["class_name"] != class_name:
                 raise ValueError(f"{where}: video {video!r} is under class {class_name!r} here and "
                                  f"under {row['class_name']!r} elsewhere")
+            listed, first = frames_of.setdefault(video, (total_frames, where))
+            if listed != total_frames:
+                raise ValueError(f"{where}: video {class_name}/{video} has total_frames {total_frames} here "
+                                 f"but {listed} at {first}")
             if row[f"split{split}"] != "unused":
                 raise ValueError(f"{where}: video {class_name}/{video} is in both lists of split {split}")
             row[f"split{split}"] = SUBSET_ROLES[subset]
-    classes = [class_of[label] for label in sorted(class_of)]
+    if not rows:
+        raise ValueError(f"{folder}: the mmaction2 lists {', '.join(sorted(p.name for p in lists.values()))} "
+                         "hold no video")
+    classes = [class_of.get(label, unnamed_label(label)) for label in range(max(class_of) + 1)]
+    clash = sorted(set(class_of.values()) & {unnamed_label(k) for k in range(len(classes)) if k not in class_of})
+    if clash:
+        raise ValueError(f"{folder}: a class folder is named {clash[0]!r}, the name given here to an unused label")
     order = {name: i for i, name in enumerate(classes)}
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: (order[r["class_name"]], r["video"])),
-                         columns=["class_name", "filename", "video", "split1", "split2", "split3"])
+                         columns=["class_name", "filename", "video", "split1", "split2", "split3", "listed_frames"])
     table.attrs["class_names"] = classes
     return table
