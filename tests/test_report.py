@@ -127,3 +127,36 @@ def test_figures_are_figures():
     assert max(max(line.get_xdata()) for line in lines) <= 19   # never past the last flow
     fig = report.training_curves_figure({"spatial": None, "temporal": None})
     assert fig.texts and "no training history" in fig.texts[0].get_text()
+
+
+def write_state(folder, train_clips, val_clips=None, epochs=4, refit_epochs=None):
+    """A training folder's state.json as utils.training writes it (the parts the report reads)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    run_info = {"refit": {"epochs": refit_epochs}} if refit_epochs else {}
+    settings = {"train_data": {"type": "FlowStacks", "videos": train_clips},
+                "val_data": {"type": "FlowStacks", "videos": val_clips} if val_clips else None,
+                "run_info": run_info}
+    (folder / "state.json").write_text(json.dumps({"epochs_done": epochs, "settings": settings}))
+
+
+def test_the_report_says_which_model_was_tested_on_how_many_training_clips(run):
+    write_scores(run, "whole_video")
+    for stream, checkpoint in (("spatial", "best.keras"), ("temporal", "refit/last.keras")):
+        path = ev.scores_path(run, stream, "whole_video")
+        scores = ev.load_scores(path)
+        scores.meta["checkpoint"] = str(run.stream_dir(stream) / checkpoint)
+        ev.save_scores(path, scores)
+        write_history(run, stream)                              # val_accuracy rises: the 4th epoch is the best
+        write_state(run.stream_dir(stream), 2980, 590)
+    write_state(run.stream_dir("temporal") / "refit", 3570, epochs=3, refit_epochs=3)
+    text = report.write_report(run, publish=False, figures=False).read_text()
+    assert ("spatial/best.keras`, epoch 4 of 4 (the best on validation), trained on 2980 training clips, "
+            "590 validation clips held out") in text
+    assert ("temporal/refit/last.keras`, the final fit on all 3570 training clips (train + validation) for "
+            "3 epochs") in text
+    # The temporal comparison: HMDB51 alone (Table 2) beside the multi-task net (Table 4).
+    reference = text.split("## Reference figures")[1]
+    assert "46.6" in reference and "HMDB51 alone" in reference and "Table 2" in reference
+    assert "54.6" in reference and "multi-task" in reference and "58.0" in reference

@@ -5,8 +5,8 @@ CPU than tracing them). The overfit test extracts a few real HMDB51 clips (tests
 with a fast flow method once per session.
 """
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -38,16 +38,50 @@ def _numpy(variables):
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
+class _Killed(Exception):
+    """A run stopped from outside (a crash, a kill) right after an epoch was committed."""
+
+
+def _kill_after(monkeypatch, epochs: int) -> None:
+    """Make training stop like a killed process once ``epochs`` epochs are on disk (checkpoint, state)."""
+    commit = training._Commit.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        commit(self, epoch, logs)
+        if epoch + 1 == epochs:
+            raise _Killed(f"killed after epoch {epochs}")
+    monkeypatch.setattr(training._Commit, "on_epoch_end", on_epoch_end)
+
+
+class _InOrder(keras.utils.PyDataset):
+    """``(x, y)`` arrays in fixed batches, the same every epoch (only dropout is random then)."""
+
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, i):
+        batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return self.x[batch], self.y[batch]
+
+
 # ----------------------------------------------------------------------------------------
 # Resume
 # ----------------------------------------------------------------------------------------
 @pytest.mark.backend_smoke
-def test_resume_continues_epochs_and_optimizer_state(tmp_path):
+def test_resume_continues_epochs_and_optimizer_state(tmp_path, monkeypatch):
     train, val = _arrays(8), _arrays(4, seed=1)
     kw = dict(learning_rate=0.05, batch_size=4, verbose=0, patience=None)
     steps = 2                                                       # 8 samples / batch 4
 
-    history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, **kw)
+    _kill_after(monkeypatch, 1)
+    with pytest.raises(_Killed):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, **kw)
+    monkeypatch.undo()
+    history = training.read_history(tmp_path)
     assert history["epoch"].tolist() == [0]
     assert training.read_state(tmp_path)["epochs_done"] == 1
     assert {p.name for p in tmp_path.iterdir()} == {"best.keras", "last.keras", "history.csv", "state.json"}
@@ -85,9 +119,9 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
     assert int(keras.ops.convert_to_numpy(keras.saving.load_model(tmp_path / "best.keras").optimizer.iterations)) == steps
     assert not list(tmp_path.glob("*.tmp*"))
     assert (history["phase"] == "train").all() and np.isfinite(history["loss"]).all()
-    # Extending 1 -> 2 epochs keeps the rate of epoch 0 and continues from where the plan was (its floor).
+    # The resumed epoch has the rate it had in the plan of the uninterrupted run.
     lr = history["learning_rate"].to_numpy()
-    np.testing.assert_allclose(lr, [0.05, training.cosine_schedule(0.05, 0, 1)(1)], rtol=1e-5)
+    np.testing.assert_allclose(lr, [training.cosine_schedule(0.05, 0, 2)(e) for e in range(2)], rtol=1e-5)
 
     # Asking again for the same total does nothing but load the model.
     again = _tiny_temporal(seed=3)
@@ -116,19 +150,49 @@ def test_the_train_step_is_traced_once_per_fit(tmp_path):
     assert len(traces) == 1, f"the train step was traced {len(traces)} times"
 
 
-def test_extending_a_run_never_raises_the_learning_rate(tmp_path):
+def test_extending_a_finished_run_is_refused_or_an_explicit_warm_restart(tmp_path):
+    """Before: 3 epochs extended to 6 trained epochs 4-6 at the floor rate (0.1, .0753, .0258, .001, .001, .001)."""
     train, val = _arrays(8), _arrays(4, seed=1)
     kw = dict(learning_rate=0.1, batch_size=4, verbose=0, patience=None)
     training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=3, **kw)
-    history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=6, **kw)
-    lr = history["learning_rate"].to_numpy()
-    np.testing.assert_allclose(lr[:3], [training.cosine_schedule(0.1, 0, 3)(e) for e in range(3)], rtol=1e-5)
-    assert (np.diff(lr) <= 1e-9).all(), lr                          # before: 0.1, 0.075, 0.026, then 0.051
+    files = {name: (tmp_path / name).read_bytes() for name in ("last.keras", "state.json", "history.csv")}
+    with pytest.raises(ValueError, match=r"(?s)planned to end after epoch 3.*epochs 4-6 would all train at its "
+                                         r"floor rate 0\.001.*resume=False.*warm_restart=True"):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=6, **kw)
+    assert files == {name: (tmp_path / name).read_bytes() for name in files}     # nothing was touched
+
+    history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=6, warm_restart=True, **kw)
+    cosine = [training.cosine_schedule(0.1, 0, 3)(e) for e in range(3)] + \
+             [training.cosine_schedule(0.1, 3, 3)(e) for e in range(3, 6)]
+    np.testing.assert_allclose(history["learning_rate"], cosine, rtol=1e-5)      # 0.1 again at epoch 4
     state = training.read_state(tmp_path)
-    assert [s["end_epoch"] for s in state["schedule"]] == [3, 6]
-    # the same plan again (a plain resume) adds nothing
+    assert [(s["first_epoch"], s["end_epoch"], s.get("warm_restart", False)) for s in state["schedule"]] == \
+        [(0, 3, False), (3, 6, True)]
+    # the same plan again (a plain resume) adds nothing; fewer epochs than done only loads the model
     training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=6, **kw)
-    assert len(training.read_state(tmp_path)["schedule"]) == 2
+    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=4, **kw)
+    assert len(training.read_state(tmp_path)["schedule"]) == 2 and len(training.read_history(tmp_path)) == 6
+
+
+def test_a_resumed_run_draws_the_dropout_masks_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    x, y = _arrays(8)
+    data, val = _InOrder(x, y, 4), _arrays(4, seed=1)
+    kw = dict(learning_rate=0.05, verbose=0, patience=None)
+
+    def model(seed):
+        keras.utils.set_random_seed(seed)
+        return models.build_temporal_model(3, image_size=32, stack_length=2, width=0.125, dropout=0.5)
+
+    straight = model(0)
+    training.train_temporal(straight, data, val, tmp_path / "straight", epochs=3, **kw)
+    _kill_after(monkeypatch, 1)
+    with pytest.raises(_Killed):
+        training.train_temporal(model(0), data, val, tmp_path / "resumed", epochs=3, **kw)
+    monkeypatch.undo()
+    resumed = model(5)                       # other initial weights and dropout seeds: all must come back
+    training.train_temporal(resumed, data, val, tmp_path / "resumed", epochs=3, **kw)
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):   # before: up to 0.08 apart
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
@@ -149,16 +213,32 @@ def test_resume_with_other_settings_is_refused(tmp_path):
                                 run_info={"flow_method": "tvl1"}, **kw)
         training.train_temporal(_tiny_temporal(), train, val, tmp_path / "b", epochs=2, learning_rate=0.05,
                                 run_info={"flow_method": "dis"}, **kw)
+    # What the run's data pipeline and numerics are: batch size (arrays), steps per epoch, precision.
+    with pytest.raises(ValueError, match="batch_size: 4 there, 2 now"):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, learning_rate=0.05,
+                                **{**kw, "batch_size": 2})
+    with pytest.raises(ValueError, match="steps_per_epoch: None there, 1 now"):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, learning_rate=0.05,
+                                steps_per_epoch=1, **kw)
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        with pytest.raises(ValueError, match="policy: 'float32' there, 'mixed_float16' now"):
+            training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, learning_rate=0.05, **kw)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     assert (tmp_path / "last.keras").read_bytes() == before           # nothing was touched
     history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, learning_rate=0.1,
                                       resume=False, **kw)
     assert history["epoch"].tolist() == [0]
 
 
-def test_early_stopping_resumes_with_its_counter(tmp_path):
+def test_early_stopping_resumes_with_its_counter(tmp_path, monkeypatch):
     train, val = _arrays(8), _arrays(4, seed=1)
     kw = dict(learning_rate=0.05, batch_size=4, verbose=0, patience=3)
-    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, **kw)
+    _kill_after(monkeypatch, 2)
+    with pytest.raises(_Killed):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=6, **kw)
+    monkeypatch.undo()
     state = training.read_state(tmp_path)
     assert state["early_stopping"]["phase"] == "train" and state["early_stopping"]["wait"] in (0, 1)
     # Two epochs without improvement so far, against a best no epoch can beat: one more ends the run.
@@ -171,15 +251,21 @@ def test_early_stopping_resumes_with_its_counter(tmp_path):
 
 def test_a_crash_while_saving_never_replaces_a_good_checkpoint(tmp_path, monkeypatch):
     train, val = _arrays(8), _arrays(4, seed=1)
-    kw = dict(learning_rate=0.05, batch_size=4, verbose=0, patience=None)
-    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=1, **kw)
+    kw = dict(learning_rate=0.05, batch_size=4, verbose=0, patience=None, epochs=3)
+    _kill_after(monkeypatch, 1)
+    with pytest.raises(_Killed):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, **kw)
+    monkeypatch.undo()
     best, last = (tmp_path / "best.keras").read_bytes(), (tmp_path / "last.keras").read_bytes()
 
     # A run killed while writing best.tmp.keras left 19,647 bytes of it; the next epoch saves no best.
     (tmp_path / "best.tmp.keras").write_bytes(best[:19_647])
     state = json.loads((tmp_path / "state.json").read_text())
     (tmp_path / "state.json").write_text(json.dumps({**state, "best": 2.0}))
-    training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=2, **kw)
+    _kill_after(monkeypatch, 2)
+    with pytest.raises(_Killed):
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, **kw)
+    monkeypatch.undo()
     assert (tmp_path / "best.keras").read_bytes() == best          # before: the truncated file became best.keras
     assert not list(tmp_path.glob("*.tmp*"))
     keras.saving.load_model(tmp_path / "best.keras")
@@ -194,7 +280,7 @@ def test_a_crash_while_saving_never_replaces_a_good_checkpoint(tmp_path, monkeyp
 
     monkeypatch.setattr(keras.Model, "save", truncated_save)
     with pytest.raises(RuntimeError, match=r"last.tmp.keras is not a complete Keras checkpoint.*left as it was"):
-        training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=3, **kw)
+        training.train_temporal(_tiny_temporal(), train, val, tmp_path, **kw)
     monkeypatch.undo()
     assert (tmp_path / "last.keras").read_bytes() == last
     assert training.read_state(tmp_path)["epochs_done"] == 2
@@ -213,57 +299,153 @@ def test_best_checkpoint_is_copied_where_hard_links_fail(tmp_path, monkeypatch):
     assert best.read_bytes() == last.read_bytes() and not best.samefile(last)
 
 
-def test_final_fit_on_train_and_val_for_the_chosen_epochs(tmp_path):
-    train, val = _arrays(8), _arrays(4, seed=1)
-    kw = dict(learning_rate=0.05, batch_size=4, verbose=0)
-    history = training.train_temporal(_tiny_temporal(), train, val, tmp_path, epochs=3, patience=None, **kw)
-    chosen = training.refit_epochs(tmp_path)
-    assert chosen == int(history["val_accuracy"].to_numpy().argmax()) + 1
-    both = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
-    refit_dir = tmp_path / training.REFIT_DIR
-    refit = training.train_temporal(_tiny_temporal(), both, None, refit_dir, epochs=chosen, patience=None, **kw)
-    assert refit["epoch"].tolist() == list(range(chosen)) and refit["val_accuracy"].isna().all()
-    assert (refit_dir / "last.keras").is_file() and not (refit_dir / "best.keras").exists()
-    assert training.read_state(refit_dir)["settings"]["val_data"] is None
-    with pytest.raises(ValueError, match="early stopping needs val_ds"):
-        training.train_temporal(_tiny_temporal(), both, None, tmp_path / "x", epochs=1, patience=2, **kw)
-    with pytest.raises(FileNotFoundError, match="no validated epochs"):
-        training.refit_epochs(refit_dir)
+def _choose_epoch(run_dir, best_epoch: int) -> None:
+    """Make epoch ``best_epoch`` (1-based) the best on validation, as a run's outcome could be."""
+    history = training.read_history(run_dir)
+    history["val_accuracy"] = np.where(history["epoch"] == best_epoch - 1, 0.9, 0.1)
+    history.to_csv(Path(run_dir) / training.HISTORY_FILE, index=False)
 
+
+def test_the_final_fit_repeats_the_validated_rates_and_is_the_model_evaluation_tests(tmp_path, monkeypatch, capsys):
+    from utils import config as config_module
     from utils import evaluation as ev
     from utils.config import Config
+
+    monkeypatch.setattr(config_module, "MODELS_DIR", tmp_path)
     cfg = Config(dataset="demo")
-    assert ev.checkpoint_path(cfg, "temporal", "refit") == cfg.stream_dir("temporal") / "refit" / "last.keras"
+    run = cfg.stream_dir("temporal")
+    train, val = _arrays(8), _arrays(4, seed=1)
+    both = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    kw = dict(learning_rate=0.1, batch_size=4, verbose=0)
+    history = training.train_temporal(_tiny_temporal(), train, val, run, epochs=4, patience=None, **kw)
+    assert ev.choose_checkpoint(cfg, "temporal") == "best"              # no final fit (yet)
+    _choose_epoch(run, 2)
+    assert training.refit_plan(run)["epochs"] == 2
+
+    refit = training.refit_temporal(_tiny_temporal(), both, run, **kw)
+    # Epochs 1-2 at the rates the validated run had there (before: a new cosine over 2 epochs, 0.1 and 0.0505).
+    np.testing.assert_allclose(refit["learning_rate"], history["learning_rate"][:2], rtol=1e-6)
+    assert refit["epoch"].tolist() == [0, 1] and refit["val_accuracy"].isna().all()
+    refit_dir = run / training.REFIT_DIR
+    assert (refit_dir / "last.keras").is_file() and not (refit_dir / "best.keras").exists()
+    settings = training.read_state(refit_dir)["settings"]
+    assert settings["val_data"] is None and settings["train_data"]["arrays"][0] == 12
+    assert settings["run_info"]["refit"] == {"epochs": 2}
+    # The default of notebooks 04/05 (checkpoint=None) tests it; the fusion weight stays with best.keras.
+    assert training.refit_problem(run) is None
+    assert ev.choose_checkpoint(cfg, "temporal") == "refit" == ev.choose_checkpoint(cfg, "temporal", "refit")
+    assert ev.checkpoint_path(cfg, "temporal", "refit") == refit_dir / "last.keras"
+    assert ev.choose_checkpoint(cfg, "temporal", "last") == "last"
     assert ev.validation_checkpoint("refit") == "best" and ev.validation_checkpoint("last") == "last"
+
+    # Another epoch count chosen (the validated run changed): the final fit trains again, it never extends.
+    _choose_epoch(run, 3)
+    assert "another plan (2 epochs" in training.refit_problem(run)
+    assert ev.choose_checkpoint(cfg, "temporal") == "best" and "testing best.keras instead" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="another plan"):
+        ev.choose_checkpoint(cfg, "temporal", "refit")
+    refit = training.refit_temporal(_tiny_temporal(), both, run, **kw)
+    assert "trains again from its first epoch" in capsys.readouterr().out
+    np.testing.assert_allclose(refit["learning_rate"], history["learning_rate"][:3], rtol=1e-6)
+    assert training.read_state(refit_dir)["settings"]["run_info"]["refit"] == {"epochs": 3}
+    assert ev.choose_checkpoint(cfg, "temporal") == "refit"
+
+    # An unfinished validated run has nothing to refit; starting it over removes the old final fit.
+    state = training.read_state(run)
+    (run / training.STATE_FILE).write_text(json.dumps({**state, "epochs_done": 3}))
+    with pytest.raises(ValueError, match="done 3 of its 4 epochs; finish it first"):
+        training.refit_plan(run)
+    assert ev.choose_checkpoint(cfg, "temporal") == "best"
+    training.train_temporal(_tiny_temporal(), train, val, run, epochs=1, patience=None, resume=False, **kw)
+    assert not refit_dir.exists()
+    with pytest.raises(ValueError, match="early stopping needs val_ds"):
+        training.train_temporal(_tiny_temporal(), both, None, tmp_path / "x", epochs=1, patience=2, **kw)
+
+
+def test_hmdb51_and_ucf101_refit_by_default_and_the_demo_says_why_not():
+    """The paper's protocol is the default run: notebooks 02/03 refit by preset, 04/05 test the final fit."""
+    for stream in ("spatial", "temporal"):
+        assert training.default_settings(stream, "hmdb51")["refit"] is True
+        assert training.default_settings(stream, "ucf101")["refit"] is True
+        assert training.default_settings(stream, "demo")["refit"] is False
+        assert training.default_settings(stream, "hmdb51", refit=False)["refit"] is False
+    assert "6 minutes" in training.DEMO_REFIT
+    notebooks = REPO_ROOT / "notebooks"
+
+    def parameters(name):
+        cells = json.loads((notebooks / name).read_text())["cells"]
+        cell = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+        return "".join(cell["source"]), "".join("".join(c["source"]) for c in cells)
+
+    for name, call in (("02_spatial_stream_resnet50.ipynb", "training.refit_spatial("),
+                       ("03_temporal_stream.ipynb", "training.refit_temporal(")):
+        params, code = parameters(name)
+        assert re.search(r"^refit = None\b", params, re.M) and "refit=refit)" in code and call in code, name
+        assert 'if s["refit"]:' in code and "training.DEMO_REFIT" in code, name
+    for name in ("04_fusion_one_frame.ipynb", "05_fusion_whole_video.ipynb"):
+        params, code = parameters(name)
+        assert re.search(r"^checkpoint = None\b", params, re.M), name
+        assert "ev.choose_checkpoint(cfg, stream, checkpoint)" in code and "checkpoint=checkpoints[stream]" in code
+
+
+def _dense_with_bn(seed=0):
+    """Dense + BatchNorm with every trainable variable non-zero: a decayed bias or offset would show."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(3, name="fc", bias_initializer=keras.initializers.Constant(0.5))(
+        keras.layers.BatchNormalization(name="bn", beta_initializer=keras.initializers.Constant(0.3),
+                                        gamma_initializer=keras.initializers.Constant(1.5))(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def _decayed(kernel: np.ndarray, steps: int, lr: float = 0.01, l2: float = 5e-4, momentum: float = 0.9):
+    """The paper's update with a zero data gradient: m <- 0.9 m - lr * 5e-4 w; w <- w + m."""
+    w, m = kernel.astype(np.float64), 0.0
+    for _ in range(steps):
+        m = momentum * m - lr * l2 * w
+        w = w + m
+    return w
+
+
+def _check_only_kernels_decayed(model, start: dict, steps: int) -> None:
+    kernel = keras.ops.convert_to_numpy(model.get_layer("fc").kernel)
+    np.testing.assert_allclose(kernel, _decayed(start["fc/kernel"], steps), rtol=1e-4)
+    for path in ("fc/bias", "bn/gamma", "bn/beta"):                      # never decayed
+        value = next(v for v in model.trainable_variables if v.path == path)
+        assert np.abs(start[path]).min() > 0.2, path                     # a decay would move it
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(value), start[path])
 
 
 def test_weight_decay_follows_the_papers_rule():
     """L2 5e-4 in the gradient, through momentum 0.9 (Caffe/PyTorch), on kernels only."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((4,))
-    outputs = keras.layers.Dense(3, name="fc")(keras.layers.BatchNormalization(name="bn")(inputs))
-    model = keras.Model(inputs, outputs)
+    model = _dense_with_bn()
     optimizer = training.make_optimizer("sgd", learning_rate=0.01, weight_decay=5e-4)
     variables = model.trainable_variables
     optimizer.build(variables)
     start = {v.path: keras.ops.convert_to_numpy(v).copy() for v in variables}
-    zeros = [keras.ops.zeros_like(v) for v in variables]
+    zeros = [keras.ops.zeros(v.shape) for v in variables]
     for _ in range(1000):
         optimizer.apply(zeros, variables)
-    # The paper's update with a zero data gradient: m <- 0.9 m - lr * 5e-4 w; w <- w + m.
-    w, m = start["fc/kernel"].astype(np.float64), 0.0
-    for _ in range(1000):
-        m = 0.9 * m - 0.01 * 5e-4 * w
-        w = w + m
+    _check_only_kernels_decayed(model, start, 1000)
     kernel = keras.ops.convert_to_numpy(model.get_layer("fc").kernel)
-    np.testing.assert_allclose(kernel, w, rtol=1e-4)
     assert 0.950 < float(np.mean(kernel / start["fc/kernel"])) < 0.953   # Keras' decoupled 5e-4: 0.995
-    for path in ("fc/bias", "bn/gamma", "bn/beta"):                      # never decayed
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(
-            next(v for v in variables if v.path == path)), start[path])
     config = optimizer.get_config()
     assert config["l2"] == 5e-4 and not config.get("weight_decay")
     assert isinstance(training.SGDWithL2.from_config(config), training.SGDWithL2)
+
+
+@pytest.mark.backend_smoke
+def test_weight_decay_acts_inside_fit():
+    """The same rule through ``model.fit``, whose JAX trainer calls ``apply(grads)`` without the variables
+    (TensorFlow's passes them): a loss with zero gradient leaves only the decay to move the weights."""
+    model = _dense_with_bn()
+    model.compile(optimizer=training.make_optimizer("sgd", learning_rate=0.01, weight_decay=5e-4),
+                  loss=lambda y_true, y_pred: 0.0 * keras.ops.sum(y_pred))
+    start = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables}
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")
+    model.fit(x, np.zeros((40, 3), "float32"), batch_size=4, epochs=2, shuffle=False, verbose=0)   # 20 steps
+    _check_only_kernels_decayed(model, start, 20)
+    assert np.abs(keras.ops.convert_to_numpy(model.get_layer("fc").kernel) - start["fc/kernel"]).max() > 1e-5
 
 
 # ----------------------------------------------------------------------------------------

@@ -489,6 +489,29 @@ def checkpoint_path(cfg: Config, stream: str, checkpoint: str = "best") -> Path:
     return Path(checkpoint)
 
 
+def choose_checkpoint(cfg: Config, stream: str, checkpoint: str | None = None) -> str:
+    """The checkpoint to test for a stream: ``checkpoint`` as given, or for ``None`` the paper's protocol,
+    ``"refit"`` (the final fit on all training clips) whenever the run has a finished one, else ``"best"``.
+
+    A final fit that exists but is unfinished or was made for another plan is said, and ``"best"``
+    tested; asking for ``"refit"`` then is an error that says why.
+    """
+    if checkpoint is not None and checkpoint != "refit":
+        return checkpoint
+    from utils.training import REFIT_DIR, refit_problem
+
+    run_dir = Path(cfg.stream_dir(stream))
+    problem = refit_problem(run_dir)
+    if problem is None:
+        return "refit"
+    if checkpoint == "refit":
+        raise FileNotFoundError(f"checkpoint 'refit' for the {stream} stream: {problem}; train it with "
+                                f"refit = True (notebook {'02' if stream == 'spatial' else '03'})")
+    if (run_dir / REFIT_DIR).exists():
+        print(f"{stream}: {problem}; testing best.keras instead")
+    return "best"
+
+
 def validation_checkpoint(checkpoint: str) -> str:
     """The checkpoint whose validation scores choose the fusion weight: a final fit on train + val has
     seen the validation videos, so its weight comes from the validated run (``"best"``)."""

@@ -10,7 +10,8 @@ The clip goes through the pipeline's own steps, with the pipeline's functions:
    frame size and JPEG storage, into a temporary rawframes folder that is deleted at the end
    (the network sees exactly what it saw in training: the same resizing, clipping and quantisation);
 2. each stream's video score by the whole-video protocol of :func:`utils.evaluation.score_videos`,
-   the same inputs as the test videos of notebook 05, from ``models/<run>/{spatial,temporal}/best.keras``;
+   the same inputs as the test videos of notebook 05, from the checkpoints notebook 05 tests
+   (``models/<run>/{spatial,temporal}/best.keras``, or ``refit/last.keras`` where a final fit is finished);
 3. their fusion by :func:`utils.evaluation.average_fusion` (the paper's average).
 
 It prints the top-5 classes of each stream and of the fusion and saves a picture (a few frames,
@@ -70,8 +71,13 @@ def run_folder(run: str) -> Path:
 
 
 def checkpoint_paths(run: str) -> dict[str, Path]:
-    """``{"spatial": models/<run>/spatial/best.keras, "temporal": ...}``."""
-    return {stream: run_folder(run) / stream / f"{CHECKPOINT}.keras" for stream in ("spatial", "temporal")}
+    """``{"spatial": models/<run>/spatial/best.keras, "temporal": ...}``, or a stream's final fit on all
+    training clips (``refit/last.keras``) where the run has a finished one, as notebooks 04 and 05 test."""
+    from utils.training import LAST_FILE, REFIT_DIR, refit_problem
+
+    folders = {stream: run_folder(run) / stream for stream in ("spatial", "temporal")}
+    return {stream: folder / REFIT_DIR / LAST_FILE if refit_problem(folder) is None
+            else folder / f"{CHECKPOINT}.keras" for stream, folder in folders.items()}
 
 
 def runs_with_checkpoints() -> list[str]:

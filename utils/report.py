@@ -43,10 +43,13 @@ REFERENCE_RESULTS = pd.DataFrame([
     ("Earlier student work (this course)", "Temporal", 25.8, None, "HMDB51"),
     ("Earlier student work (this course)", "Fusion (average)", 38.0, None, "HMDB51"),
     ("Simonyan & Zisserman 2014", "Spatial (CNN-M-2048, ImageNet)", None, 40.5,
-     "mean of 3 splits; 25 frames x 10 crops per video"),
-    ("Simonyan & Zisserman 2014", "Temporal (flow stacking, L=10)", None, 54.6,
-     "mean of 3 splits; flow net multi-task trained on UCF101 + HMDB51"),
-    ("Simonyan & Zisserman 2014", "Fusion (average)", None, 58.0, "mean of 3 splits"),
+     "Table 4: mean of 3 splits; ImageNet pre-trained; 25 frames x 10 crops per video"),
+    ("Simonyan & Zisserman 2014", "Temporal (flow stacking, L=10), HMDB51 alone", None, 46.6,
+     "Table 2: split 1; trained on HMDB51's training clips only, as here"),
+    ("Simonyan & Zisserman 2014", "Temporal (flow stacking, L=10), multi-task", None, 54.6,
+     "Table 4: mean of 3 splits; flow net trained multi-task on UCF101 + HMDB51 (more data than here)"),
+    ("Simonyan & Zisserman 2014", "Fusion (average), multi-task temporal", None, 58.0,
+     "Table 4: mean of 3 splits; the spatial net above + the multi-task temporal net"),
     ("Wang et al. 2016 (TSN)", "Two streams, BN-Inception", None, 69.0,
      "~69, mean of 3 splits; ImageNet-only pretraining"),
 ], columns=["source", "network", "one_frame", "whole_video", "notes"])
@@ -116,6 +119,42 @@ def spatial_initialisation(cfg: Config) -> str | None:
         return None
     run_info = (state.get("settings") or {}).get("run_info") or {}
     return describe_weights(run_info["weights"]) if "weights" in run_info else None
+
+
+def tested_model(checkpoint) -> str | None:
+    """Which model a checkpoint holds and on how many training clips it was trained, from the
+    ``state.json`` and ``history.csv`` beside it (written by :mod:`utils.training`); None if absent."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    try:
+        state = json.loads((path.parent / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    settings = state.get("settings") or {}
+    clips, held_out = _clips(settings.get("train_data")), _clips(settings.get("val_data"))
+    refit = (settings.get("run_info") or {}).get("refit")
+    if refit:
+        return (f"the final fit on all {clips} training clips (train + validation) for {refit['epochs']} "
+                f"epochs, the count chosen on the validation clips")
+    done = state.get("epochs_done")
+    which = f"epoch {done} (the last)"
+    if path.name == "best.keras":
+        try:
+            history = pd.read_csv(path.parent / "history.csv")
+            best = int(history.loc[history["val_accuracy"].idxmax(), "epoch"]) + 1
+            which = f"epoch {best} of {done} (the best on validation)"
+        except (OSError, ValueError, KeyError):
+            which = f"the best validation epoch of {done}"
+    held = f", {held_out} validation clips held out" if held_out else ""
+    return f"{which}, trained on {clips} training clips{held}"
+
+
+def _clips(data: dict | None) -> int | None:
+    """The number of clips (videos, or array rows) a training folder's settings record for a data set."""
+    if not data:
+        return None
+    return data.get("videos") or (data.get("arrays") or [None])[0]
 
 
 def load_history(cfg: Config, stream: str) -> pd.DataFrame | None:
@@ -411,10 +450,12 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
     for stream in STREAMS:
         ckpts = {res[stream].meta.get("checkpoint") for res in results.values() if stream in res}
         history = load_history(cfg, stream)
-        epochs = f", {len(history)} epochs trained" if history is not None else ""
+        epochs = f"; the validated run: {len(history)} epochs trained" if history is not None else ""
         if ckpts:
-            lines.append(f"- {stream} checkpoint: " + ", ".join(f"`{_relative(c)}`" for c in sorted(ckpts, key=str))
-                         + epochs)
+            described = {c: tested_model(c) for c in ckpts}
+            lines.append(f"- {stream} model tested: " + "; ".join(
+                f"`{_relative(c)}`" + (f", {described[c]}" if described[c] else "")
+                for c in sorted(ckpts, key=str)) + epochs)
     for name, value in (settings or {}).items():
         lines.append(f"- {name}: `{value!r}`")
     lines.append("")

@@ -17,19 +17,33 @@ one; temporaries left by a crash are deleted at the next start, never renamed; `
 written last. Calling the same function again **resumes**: the model gets the weights *and
 optimizer state* (momentum, iteration counter) of ``last.keras``, the epoch counter continues
 (``fit(initial_epoch=...)``), the data generators jump to that epoch's draws, early stopping gets
-its counter back, and ``history.csv`` keeps each epoch exactly once. A resume with **other
-settings** (another learning rate, other videos, another model, ...) is refused with a message
-that says what differs: it would be another experiment. Asking for more epochs than before
-extends the run without touching the rates of the epochs already run (the schedule continues
-from where it was); a run that early stopping ended stays finished (``resume=False`` starts over).
+its counter back, dropout's random state is put back (``state.json``), and ``history.csv`` keeps
+each epoch exactly once. A resume with **other settings** (another learning rate, other videos,
+another model, batch size, steps per epoch, precision policy, ...) is refused with a message that
+says what differs: it would be another experiment. Asking for another number of epochs than the
+run was planned with is refused too, since the cosine of the plan has reached (or would skip) its
+floor: start a longer run with ``resume=False``, or ask for ``warm_restart=True``, a new cosine from
+the phase's rate over the added epochs, recorded in ``state.json``'s schedule (``"warm_restart":
+true``) and visible in ``history.csv``'s ``learning_rate``. A run that early stopping ended stays
+finished (``resume=False`` starts over).
+
+The protocol of the paper and TSN, both of which train on *all* training clips of a split: the
+validation carve-out chooses the number of epochs (the best validation epoch, :func:`refit_plan`),
+then :func:`refit_spatial` / :func:`refit_temporal` train the same model again on train +
+validation clips for that many epochs, at the same rate in every epoch as the validated run (its
+schedule is replayed, not squeezed into fewer epochs), into ``<run>/refit/``; evaluation tests that
+model whenever it is finished (:func:`refit_problem`). Starting the validated run over deletes its
+``refit/`` folder: it belonged to the run that is replaced.
 
 Choices (and why)
 -----------------
-* **Optimizer: SGD with momentum 0.9 and the paper's weight decay**: an L2 term of 5e-4 *in the
-  gradient* (Caffe's and PyTorch's rule, :class:`SGDWithL2`), on convolution and dense kernels only.
-  Momentum amplifies it 10x, so it is 10x stronger than Keras' decoupled ``weight_decay=5e-4``.
-  That is the recipe of the paper (and of TSN) for both streams, so its published learning rates
-  (1e-2 from scratch, 1e-3 for fine-tuning) apply as they are.
+* **Optimizer: SGD with momentum 0.9 and Caffe's weight decay**: an L2 term of 5e-4 *in the
+  gradient* (the rule of Caffe, the framework of both papers, and of PyTorch; :class:`SGDWithL2`),
+  on convolution and dense kernels only. Momentum amplifies it 10x, so it is 10x stronger than
+  Keras' decoupled ``weight_decay=5e-4``. Momentum 0.9 is in both papers' text; the value 5e-4 is
+  in TSN's solver files (``weight_decay: 0.0005``), neither paper's text states it. With that rule
+  the published rates apply as they are: the paper's 1e-2 (from scratch and for fine-tuning alike,
+  divided by 10 on a fixed schedule) and TSN's 1e-3 for fine-tuning the spatial stream.
   ``optimizer="adamw"`` is available: on tiny from-scratch problems it converges in fewer steps
   (the overfit test in tests/test_training.py memorises 20 flow stacks in ~12 AdamW steps at
   1e-3, against ~25 SGD steps), at the price of rates that do not transfer from the papers.
@@ -79,40 +93,57 @@ HISTORY_FILE = "history.csv"
 STATE_FILE = "state.json"
 BEST_FILE = "best.keras"
 LAST_FILE = "last.keras"
+REFIT_DIR = "refit"          # <run>/refit/: the final fit on all training clips
 OPTIMIZERS = ("sgd", "adamw")
 MIN_LR_FRACTION = 0.01      # cosine decay ends at 1 % of the phase's learning rate
 
 # Settings per dataset, used by the notebooks for every parameter left at None.
 # demo: a CPU, minutes (input sizes from utils.demo_data.DEMO_SETTINGS); hmdb51 (and any other
-# dataset): a GPU. Sample budgets are per training run on HMDB51 split 1 (about 2,980 training
-# videos once the validation carve-out is taken out), so they compare with the papers':
-#   Simonyan & Zisserman 2014, sec. 5 ("the paper"): SGD, momentum 0.9, batch 256, weight decay
-#     5e-4, rate 1e-2 divided by 10 on a fixed schedule; from scratch 80 K iterations (20.5 M
-#     inputs), fine-tuning 20 K iterations (5.1 M); dropout 0.9 (temporal; Table 1).
-#   Wang et al. 2016, TSN, sec. 4.1: spatial rate 1e-3, /10 every 2 K iterations, 4.5 K
-#     iterations of batch 256 (1.15 M frames); dropout 0.8; partial BN.
+# dataset, UCF101 included): a GPU. Budgets are counted the way each source counts them, and per
+# training clip, since the sources trained on other numbers of clips than HMDB51 split 1 here
+# (2,980 training clips once the validation carve-out of 590 is taken out; 3,570 in the refit):
+#   Simonyan & Zisserman 2014, sec. 5 ("the paper"): SGD, momentum 0.9, batch 256 (one frame or
+#     stack from each of 256 videos); rate 1e-2, divided by 10 on a fixed schedule: from scratch to
+#     1e-3 after 50 K iterations, stop at 80 K (80 K x 256 = 20.5 M flow stacks); fine-tuning to
+#     1e-3 after 14 K, stop at 20 K (5.1 M frames); dropout 0.9 (the temporal net; Table 1). One
+#     schedule is given for both datasets.
+#   Wang et al. 2016, TSN, sec. 4.1: batch 256 *videos*, each of 3 segments (one frame, or one
+#     stack of 5 flows, per segment: a video's 3 scores are averaged before the loss); spatial rate
+#     1e-3, /10 every 2 K iterations, stop at 4.5 K: 4.5 K x 256 videos x 3 segments = 3.46 M
+#     frames, over UCF101's 9,537 training clips (split 1) = 362 frames per clip. Its HMDB51 solver
+#     files (github.com/yjxiong/temporal-segment-networks, models/hmdb51/, last changed in c0249f1):
+#     RGB 2,500 iterations at 1e-3 (/10 every 1 K), flow 7,000 at 5e-3 (/10 at 4 K and 6 K), 32
+#     videos x 3 segments per GPU on 4 GPUs, iter_size 1: 2,500 x 128 x 3 = 0.96 M frames over
+#     3,570 clips = 269 per clip; weight_decay 5e-4; dropout 0.8 (RGB) and 0.7 (flow).
+# What TSN does that these presets do not: partial BN (its first BatchNorm layer re-estimates its
+# statistics and every other one is frozen: `frozen: false` on conv1's BN only; here the spatial
+# stream freezes them all, see utils.models), and gradient clipping (Caffe's clip_gradients: the
+# global L2 norm of the gradient cut to 40 for RGB, 20 for flow; here no clipping).
 # Departures, everywhere: cosine decay per epoch instead of step decay (resumable, no plateau
-# tuning, the same peak rate); BatchNorm instead of local response normalisation in CNN-M-2048.
+# tuning, the same peak rate); BatchNorm instead of local response normalisation in CNN-M-2048, and
+# after conv2 as well, where the paper's temporal net dropped the second normalisation layer (to
+# save memory) and kept only the first.
 TSN_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)   # = utils.generators.TRAIN_CROP_SCALES (TSN's scale jitter)
 SPATIAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "demo": dict(image_size=42, batch_size=16, frames_per_video=4, warmup_epochs=2, finetune_epochs=2,
                  head_learning_rate=0.01, finetune_learning_rate=0.001, unfreeze_from="conv1",
                  dropout=0.5, optimizer="sgd", patience=None, crop_scales=TSN_CROP_SCALES,
-                 label_smoothing=0.2),    # see SPATIAL_FROM_SCRATCH
+                 label_smoothing=0.2, refit=False),    # see SPATIAL_FROM_SCRATCH; refit: see DEMO_REFIT
     "hmdb51": dict(
         image_size=224,                  # the paper and TSN
-        batch_size=64,                   # TSN: 256; 64 fits a 24 GB GPU at 224 with frozen BN
+        batch_size=64,                   # TSN: 256 videos; 64 frames fit a 24 GB GPU at 224 with frozen BN
         frames_per_video=16,             # 16 random frames of each video per epoch
-        warmup_epochs=1,                 # the new head alone first (Keras' fine-tuning guide)
-        finetune_epochs=23,              # 24 x 16 x 2,980 = 1.14 M frames = TSN's 4.5 K x 256
+        warmup_epochs=1,                 # the new head alone first (Keras' fine-tuning guide); 16 x 2,980 = 48 K frames
+        finetune_epochs=23,              # 23 x 16 = 368 frames per clip = TSN's 362 (3.46 M / 9,537); 1.10 M in all
         head_learning_rate=0.01,         # the paper's initial rate, for the random head only
         finetune_learning_rate=0.00025,  # TSN's 1e-3 at batch 256, scaled to batch 64 (Goyal et al. 2017)
         unfreeze_from="conv1",           # the whole backbone (TSN fine-tunes every layer)
         dropout=0.8,                     # TSN's spatial dropout (the paper's best fine-tuning: 0.9)
-        optimizer="sgd",                 # momentum 0.9, L2 5e-4 in the gradient: both papers
+        optimizer="sgd",                 # momentum 0.9 (both papers), L2 5e-4 in the gradient (TSN's solver files)
         patience=None,                   # a fixed schedule, as both papers; best.keras keeps the best epoch
         crop_scales=TSN_CROP_SCALES,     # TSN's corner cropping and scale jitter
-        label_smoothing=0.0),            # none in either paper
+        label_smoothing=0.0,             # none in either paper
+        refit=True),                     # the paper and TSN train on all training clips: a final fit on 70 per class
 }
 # Changes to SPATIAL_DEFAULTS for a backbone trained from scratch (weights=None): no warm-up
 # (nothing pretrained to protect) and the rate of a from-scratch run. On the demo: AdamW, which
@@ -130,7 +161,7 @@ SPATIAL_FROM_SCRATCH: dict[str, dict[str, Any]] = {
 TEMPORAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "demo": dict(image_size=42, stack_length=10, batch_size=16, stacks_per_video=4, epochs=30,
                  learning_rate=0.01, arch="cnn_m_2048", width=0.25, dropout=0.5, optimizer="sgd",
-                 patience=None, crop_scales=TSN_CROP_SCALES, label_smoothing=0.0),
+                 patience=None, crop_scales=TSN_CROP_SCALES, label_smoothing=0.0, refit=False),
     "hmdb51": dict(
         image_size=224, stack_length=10,  # the paper: 224 x 224 x 2L, L = 10
         batch_size=256,                   # the paper
@@ -139,15 +170,24 @@ TEMPORAL_DEFAULTS: dict[str, dict[str, Any]] = {
         learning_rate=0.01,               # the paper's initial rate (cosine to 1e-4, the paper's last rate)
         arch="cnn_m_2048", width=1.0,     # the paper's network, trained from scratch
         dropout=0.9,                      # the paper
-        optimizer="sgd",                  # momentum 0.9, L2 5e-4 in the gradient: the paper
+        optimizer="sgd",                  # momentum 0.9 (the paper), L2 5e-4 in the gradient (TSN's solver files)
         patience=None,                    # the paper's fixed schedule; best.keras keeps the best epoch
         crop_scales=TSN_CROP_SCALES,      # TSN's (the paper: random 224 crops, no scale jitter)
-        label_smoothing=0.0),             # none in the paper
+        label_smoothing=0.0,              # none in the paper
+        refit=True),                      # the paper trains on all training clips: then a final fit on 70 per class
 }
-"""On HMDB51 alone (no UCF101 data), the paper's temporal net reached 46.6 % on split 1 (Table 2)
-with this budget. It needs 20.5 M stacks (and 410 M flow JPEG decodes): the GPU hours are 5,700 /
-(stacks per second of the GPU and the input pipeline together, measured by ``python -m utils.bench
---device``), e.g. 2.8 h at 2,000 stacks/s."""
+"""The temporal budget is the paper's in total: 20.5 M stacks, i.e. 6,880 per clip of the 2,980 (the
+paper gives one schedule for both datasets; over UCF101's 9,537 clips it is 2,147 per clip). On
+HMDB51 alone (no UCF101 data) the paper's temporal net reached 46.6 % on split 1 (Table 2); its 54.6
+(Table 4, mean of 3 splits) is a net trained multi-task on UCF101 + HMDB51. The budget needs 410 M
+flow JPEG decodes: the GPU hours are 5,700 / (stacks per second of the GPU and the input pipeline
+together, measured by ``python -m utils.bench --device``), e.g. 2.8 h at 2,000 stacks/s, plus the
+final fit on 3,570 clips for the chosen number of epochs (at most 1.2 x that again)."""
+DEMO_REFIT = ("The demo trains each stream once, on its training clips, and tests that model: a final fit "
+              "trains it again for its best epoch count on 90 clips instead of 72 (in one demo run, 1.3 x the "
+              "spatial stream's training time and 0.66 x the temporal one's), which would take README command 1 "
+              "(5 min 19 s to 5 min 43 s) past its 6 minutes on 2 CPU cores")
+"""Why the demo presets have ``refit=False`` (notebooks 02 and 03 print it)."""
 
 
 def default_settings(stream: str, dataset_name: str, pretrained: bool = True, **given) -> dict[str, Any]:
@@ -336,26 +376,41 @@ def segment_schedule(segments: list[dict]):
 
 
 def _phase_segments(state: dict | None, phase: str, learning_rate: float, first_epoch: int, end_epoch: int,
-                    done: int, out_dir: Path) -> list[dict]:
+                    done: int, out_dir: Path, warm_restart: bool = False) -> list[dict]:
     """The schedule segments of ``phase`` for a run ending at ``end_epoch``.
 
-    A new phase gets one cosine from ``learning_rate`` to 1 % of it. A run whose planned end
-    changes (more or fewer epochs than before) keeps the rates of the epochs it ran: a new segment
-    starts at epoch ``done`` with the rate the old plan had there and decays to the floor at the
-    new end, so the rate never jumps back up.
+    A new phase (or one none of whose epochs has run yet) gets one cosine from ``learning_rate`` to
+    1 % of it. A run whose planned end changes after epochs of the phase ran is refused (the epochs
+    added to a finished cosine would all train at its floor rate, and a changed end would change the
+    rates of the epochs still to run), unless ``warm_restart``: then a new segment starts at epoch
+    ``done`` from ``learning_rate`` again and decays to the floor at the new end, marked
+    ``"warm_restart": true`` in ``state.json``.
     """
+    new = {"phase": phase, "first_epoch": first_epoch, "end_epoch": end_epoch, "rate": learning_rate,
+           "floor": learning_rate * MIN_LR_FRACTION}
     old = [s for s in (state or {}).get("schedule", []) if s["phase"] == phase]
-    if not old:
-        return [{"phase": phase, "first_epoch": first_epoch, "end_epoch": end_epoch, "rate": learning_rate,
-                 "floor": learning_rate * MIN_LR_FRACTION}]
+    if not old or done <= old[0]["first_epoch"]:
+        return [new]
     if old[-1]["end_epoch"] == end_epoch:
         return old
-    rate = segment_schedule(old)(done)
-    print(f"{out_dir}: the {phase} phase now ends after epoch {end_epoch} instead of {old[-1]['end_epoch']}; "
-          f"epochs {done + 1}-{end_epoch} continue its schedule from {rate:.3g} down to "
-          f"{old[-1]['floor']:.3g} (resume=False starts a fresh schedule)")
-    return old + [{"phase": phase, "first_epoch": done, "end_epoch": end_epoch, "rate": rate,
-                   "floor": old[-1]["floor"]}]
+    planned, floor = old[-1]["end_epoch"], old[-1]["floor"]
+    if not warm_restart:
+        if done >= planned:
+            what = (f"epochs {planned + 1}-{end_epoch} would all train at its floor rate {floor:.3g}, where its "
+                    f"cosine ended")
+        else:
+            what = "the epochs still to run would get other rates than the ones it was planned with"
+        raise ValueError(
+            f"{out_dir} holds a run whose {phase} phase was planned to end after epoch {planned} (a cosine "
+            f"down to {floor:.3g}); {done} epoch(s) are done and this call asks for {end_epoch}: {what}. "
+            f"For a longer run, start one: resume=False (`-p resume=False` for `python -m utils.run`; this "
+            f"folder's files are replaced) or another folder. Or go on with this one from epoch {done + 1} "
+            f"with a warm restart, a new cosine from {learning_rate:.3g} over epochs {done + 1}-{end_epoch}, "
+            f"recorded in its state.json: warm_restart=True (`-p warm_restart=True`).")
+    print(f"{out_dir}: warm restart of the {phase} phase at epoch {done + 1}: a new cosine from "
+          f"{learning_rate:.3g} down to {learning_rate * MIN_LR_FRACTION:.3g} at epoch {end_epoch} (the plan "
+          f"ended at epoch {planned})")
+    return old + [{**new, "first_epoch": done, "warm_restart": True}]
 
 
 # ----------------------------------------------------------------------------------------
@@ -504,9 +559,11 @@ def _data_summary(data) -> dict | None:
 
 
 def run_settings(model, train_ds, val_ds, **hyper) -> dict:
-    """The settings that make a run what it is: model, data, hyper-parameters (not the number of epochs)."""
+    """The settings that make a run what it is: model, data, precision policy and hyper-parameters
+    (batch size and steps per epoch included; not the number of epochs)."""
     settings = {"model": _model_summary(model), "train_data": _data_summary(train_ds),
-                "val_data": _data_summary(val_ds), **hyper}
+                "val_data": _data_summary(val_ds), "policy": keras.mixed_precision.global_policy().name,
+                **hyper}
     return json.loads(json.dumps(settings, default=str))      # the JSON form, as stored
 
 
@@ -651,12 +708,37 @@ class _Commit(keras.callbacks.Callback):
         state.update(epochs_done=int(epoch) + 1, phase=self.phase, best=best, monitor=self.monitor,
                      stopped_early=bool(getattr(self.model, "stop_training", False)),
                      backend=keras.backend.backend(), settings=self.settings, schedule=self.schedule,
+                     seed_states=_seed_states(self.model),
                      early_stopping=None if es is None else {
                          "phase": self.phase, "wait": int(es.wait),
                          "best": None if es.best is None else float(es.best)})
         _write_atomically(self.out_dir / STATE_FILE, json.dumps(state, indent=1))
         if logs is not None:
             logs.pop("phase", None)       # written to history.csv; the progress bar only averages numbers
+
+
+def _seed_states(model) -> list[list[int]]:
+    """The states of the model's random seed generators (dropout's), in the model's variable order.
+
+    They are not part of a ``.keras`` file; ``state.json`` keeps them so that a resumed run draws the
+    same dropout masks as an uninterrupted one.
+    """
+    return [[int(x) for x in np.asarray(keras.ops.convert_to_numpy(v)).ravel()] for v in _seed_variables(model)]
+
+
+def _restore_seed_states(model, states: list[list[int]] | None) -> None:
+    """Put saved :func:`_seed_states` back into ``model`` (nothing to do for ``None``, from older runs)."""
+    variables = _seed_variables(model)
+    if states is None:
+        return
+    if len(states) != len(variables):
+        raise ValueError(f"the run saved {len(states)} random seed state(s), this model has {len(variables)}")
+    for variable, value in zip(variables, states):
+        variable.assign(np.asarray(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
+
+
+def _seed_variables(model) -> list:
+    return [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -734,26 +816,27 @@ def _fit(model, train_ds, val_ds, *, initial_epoch: int, epochs: int, callbacks,
 
 def _start(out_dir, resume: bool, settings: dict) -> tuple[Path, dict | None]:
     """Create the folder and remove temporary files of a crashed run; with ``resume=False`` forget a
-    previous run (its files are overwritten); with ``resume=True`` check that it is the same run."""
+    previous run (its files are overwritten); with ``resume=True`` check that it is the same run.
+    A run that starts from its first epoch removes the folder's ``refit/``: the final fit of another run."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for tmp in _temporary_files(out_dir):
         print(f"removing {tmp}: an unfinished write of an interrupted run")
         tmp.unlink()
-    if not resume:
-        for name in (STATE_FILE, HISTORY_FILE):
-            (out_dir / name).unlink(missing_ok=True)
-        return out_dir, None
-    state = read_state(out_dir)
+    state = read_state(out_dir) if resume else None
     if state is not None:
         if not (out_dir / LAST_FILE).is_file():
             raise FileNotFoundError(f"{out_dir / STATE_FILE} says {state['epochs_done']} epoch(s) are done "
                                     f"but {out_dir / LAST_FILE} is missing; pass resume=False to start over")
         _check_same_run(out_dir, state, settings)
         _trim_history(out_dir, state["epochs_done"])
-    else:
-        (out_dir / HISTORY_FILE).unlink(missing_ok=True)   # rows without a checkpoint behind them
-    return out_dir, state
+        return out_dir, state
+    for name in (STATE_FILE, HISTORY_FILE):   # resume=False, or rows without a checkpoint behind them
+        (out_dir / name).unlink(missing_ok=True)
+    if (out_dir / REFIT_DIR).is_dir():
+        print(f"removing {out_dir / REFIT_DIR}: the final fit of an earlier run in {out_dir}")
+        shutil.rmtree(out_dir / REFIT_DIR)
+    return out_dir, None
 
 
 def _check_validation(val_ds, patience) -> None:
@@ -767,10 +850,10 @@ def _check_validation(val_ds, patience) -> None:
 # ----------------------------------------------------------------------------------------
 def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate: float = 0.01, *,
                    optimizer: str = "sgd", weight_decay: float = 5e-4, patience: int | None = 10,
-                   resume: bool = True, seed: int | None = 0, batch_size: int | None = None,
-                   steps_per_epoch: int | None = None, jit_compile: bool | str = "auto",
-                   run_eagerly: bool = False, label_smoothing: float = 0.0, run_info: dict | None = None,
-                   verbose=2) -> pd.DataFrame:
+                   resume: bool = True, warm_restart: bool = False, seed: int | None = 0,
+                   batch_size: int | None = None, steps_per_epoch: int | None = None,
+                   jit_compile: bool | str = "auto", run_eagerly: bool = False, label_smoothing: float = 0.0,
+                   schedule: list[dict] | None = None, run_info: dict | None = None, verbose=2) -> pd.DataFrame:
     """Train the temporal stream for ``epochs`` epochs in total (resuming a previous run in ``out_dir``).
 
     Args:
@@ -778,16 +861,20 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
         train_ds, val_ds: ``keras.utils.PyDataset`` yielding ``(x, integer y)`` (e.g.
             :class:`utils.generators.FlowStacks`), or ``(x, y)`` NumPy tuples (then ``batch_size``).
         out_dir: where ``best.keras``, ``last.keras``, ``history.csv``, ``state.json`` go.
-        epochs: total number of epochs (not "more epochs": a resumed run stops at the same total;
-            a larger total extends the run, continuing its learning-rate schedule).
+        epochs: total number of epochs (not "more epochs": a resumed run stops at the same total).
+            Another total than the run was planned with is refused, unless ``warm_restart``.
         learning_rate: initial rate of the cosine schedule.
         optimizer, weight_decay: see :func:`make_optimizer`.
         patience: early-stopping patience in epochs (``None``: no early stopping).
         resume: continue from ``last.keras`` if ``out_dir`` holds a run made with the same settings
             (other settings are refused); ``False`` starts over.
+        warm_restart: if ``epochs`` differs from the run's plan, go on from the epochs done with a new
+            cosine from ``learning_rate`` (recorded in ``state.json``) instead of refusing.
         seed: ``keras.utils.set_random_seed`` before training (``None``: leave the RNGs alone).
         jit_compile, run_eagerly: passed to ``compile`` (XLA is used by default on GPUs).
         label_smoothing: see :class:`SparseCrossentropyWithSmoothing` (0: plain cross-entropy).
+        schedule: learning-rate segments to follow instead of a cosine over ``epochs`` (those of a
+            validated run, for its final fit: :func:`refit_temporal`); part of the settings.
         run_info: more settings to record and check on resume (e.g. the flow method).
         verbose: anything true prints one short line per epoch (:class:`EpochLog`); 0 prints nothing.
 
@@ -796,27 +883,39 @@ def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate:
     _check_validation(val_ds, patience)
     settings = run_settings(model, train_ds, val_ds, optimizer=optimizer, learning_rate=learning_rate,
                             weight_decay=weight_decay, patience=patience, seed=seed,
-                            label_smoothing=label_smoothing, run_info=run_info or {})
+                            label_smoothing=label_smoothing, batch_size=batch_size,
+                            steps_per_epoch=steps_per_epoch, schedule=schedule, run_info=run_info or {})
     out_dir, state = _start(out_dir, resume, settings)
+    done = 0 if state is None else int(state["epochs_done"])
+    finished = state is not None and (state.get("stopped_early") or done >= epochs)
+    if not finished:
+        segments = (_given_segments(schedule, "train") if schedule is not None else
+                    _phase_segments(state, "train", learning_rate, 0, epochs, done, out_dir, warm_restart))
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
     compile_model(model, optimizer, learning_rate, weight_decay, jit_compile, run_eagerly, label_smoothing)
-    done = 0
     if state is not None:
         restore_checkpoint(model, out_dir / LAST_FILE)
-        done = int(state["epochs_done"])
-        if state.get("stopped_early") or done >= epochs:
+        _restore_seed_states(model, state.get("seed_states"))
+        if finished:
             why = "early stopping ended it" if state.get("stopped_early") else "all epochs are done"
             print(f"{out_dir}: {why} after {done} epochs; model loaded from {LAST_FILE} "
                   f"(resume=False starts over)")
             return read_history(out_dir)
     if done:
         print(f"resuming {out_dir} at epoch {done + 1}/{epochs}")
-    schedule = _phase_segments(state, "train", learning_rate, 0, epochs, done, out_dir)
-    callbacks = _callbacks(out_dir, "train", state, settings, schedule, patience, validated=val_ds is not None)
+    callbacks = _callbacks(out_dir, "train", state, settings, segments, patience, validated=val_ds is not None)
     _fit(model, train_ds, val_ds, initial_epoch=done, epochs=epochs, callbacks=callbacks,
          batch_size=batch_size, steps_per_epoch=steps_per_epoch, verbose=verbose)
     return read_history(out_dir)
+
+
+def _given_segments(schedule: list[dict], phase: str) -> list[dict]:
+    """The segments of ``phase`` in a given schedule (a validated run's)."""
+    segments = [dict(s) for s in schedule if s["phase"] == phase]
+    if not segments:
+        raise ValueError(f"the given schedule has no {phase!r} segment: {schedule}")
+    return segments
 
 
 # ----------------------------------------------------------------------------------------
@@ -826,19 +925,21 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
                   head_learning_rate: float = 0.01, finetune_learning_rate: float = 0.001,
                   unfreeze_from: str = "conv1", *, train_batchnorm: bool = False, optimizer: str = "sgd",
                   weight_decay: float = 5e-4, patience: int | None = 5, resume: bool = True,
-                  seed: int | None = 0, batch_size: int | None = None, steps_per_epoch: int | None = None,
-                  jit_compile: bool | str = "auto", run_eagerly: bool = False, label_smoothing: float = 0.0,
-                  run_info: dict | None = None, verbose=2) -> pd.DataFrame:
+                  warm_restart: bool = False, seed: int | None = 0, batch_size: int | None = None,
+                  steps_per_epoch: int | None = None, jit_compile: bool | str = "auto", run_eagerly: bool = False,
+                  label_smoothing: float = 0.0, schedule: list[dict] | None = None, run_info: dict | None = None,
+                  verbose=2) -> pd.DataFrame:
     """Fine-tune the spatial stream: ``warmup_epochs`` of the head alone, then ``finetune_epochs`` of more.
 
     Phase ``"warmup"`` (epochs ``0 .. warmup_epochs-1``): backbone frozen, head trained at
     ``head_learning_rate``. Phase ``"finetune"`` (the next ``finetune_epochs``): backbone unfrozen
     from stage ``unfreeze_from`` (``"conv1"``: all of it), a fresh optimizer at
     ``finetune_learning_rate``, BatchNorm kept in inference mode unless ``train_batchnorm``
-    (set it when the backbone was not pretrained). Each phase has its own cosine schedule;
-    early stopping (``patience``) only acts in the fine-tuning phase. Resumes like
-    :func:`train_temporal`, across the phase boundary; more ``finetune_epochs`` than before
-    extend the run. Other arguments as there (``run_info``: e.g. the backbone's initial weights).
+    (set it when the backbone was not pretrained). Each phase has its own cosine schedule (or
+    follows ``schedule``, see :func:`refit_spatial`); early stopping (``patience``) only acts in the
+    fine-tuning phase. Resumes like :func:`train_temporal`, across the phase boundary; other
+    ``finetune_epochs`` than planned are refused once fine-tuning has begun, unless
+    ``warm_restart``. Other arguments as there (``run_info``: e.g. the backbone's initial weights).
     """
     _check_validation(val_ds, patience)
     if warmup_epochs < 0 or finetune_epochs < 0:
@@ -847,18 +948,27 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
                             head_learning_rate=head_learning_rate, finetune_learning_rate=finetune_learning_rate,
                             unfreeze_from=unfreeze_from, train_batchnorm=train_batchnorm, optimizer=optimizer,
                             weight_decay=weight_decay, patience=patience, seed=seed,
-                            label_smoothing=label_smoothing, run_info=run_info or {})
+                            label_smoothing=label_smoothing, batch_size=batch_size,
+                            steps_per_epoch=steps_per_epoch, schedule=schedule, run_info=run_info or {})
     out_dir, state = _start(out_dir, resume, settings)
-    if seed is not None:
-        keras.utils.set_random_seed(int(seed))
     total = warmup_epochs + finetune_epochs
     done = 0 if state is None else int(state["epochs_done"])
     if state is not None and (done >= total or state.get("stopped_early")):
+        if seed is not None:
+            keras.utils.set_random_seed(int(seed))
         _restore_for_phase(model, out_dir, state, unfreeze_from, train_batchnorm, optimizer, weight_decay,
                            head_learning_rate, finetune_learning_rate, jit_compile, run_eagerly, label_smoothing)
         why = "early stopping ended it" if state.get("stopped_early") else "all epochs are done"
         print(f"{out_dir}: {why} after {done} epochs; model loaded from {LAST_FILE} (resume=False starts over)")
         return read_history(out_dir)
+    segments = []        # the whole plan, both phases: checked (and refused if changed) before any work
+    for phase, rate, first, end in (("warmup", head_learning_rate, 0, warmup_epochs),
+                                    ("finetune", finetune_learning_rate, warmup_epochs, total)):
+        if end > first:
+            segments += (_given_segments(schedule, phase) if schedule is not None else
+                         _phase_segments(state, phase, rate, first, end, done, out_dir, warm_restart))
+    if seed is not None:
+        keras.utils.set_random_seed(int(seed))
     fit = dict(batch_size=batch_size, steps_per_epoch=steps_per_epoch, verbose=verbose)
 
     # Phase 1: the head alone.
@@ -868,9 +978,9 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
         compile_model(model, optimizer, head_learning_rate, weight_decay, jit_compile, run_eagerly, label_smoothing)
         if done:
             restore_checkpoint(model, out_dir / LAST_FILE)
+            _restore_seed_states(model, state.get("seed_states"))
             print(f"resuming {out_dir} in the warm-up at epoch {done + 1}/{total}")
-        schedule = _phase_segments(state, "warmup", head_learning_rate, 0, warmup_epochs, done, out_dir)
-        callbacks = _callbacks(out_dir, "warmup", state, settings, schedule, None, validated=val_ds is not None)
+        callbacks = _callbacks(out_dir, "warmup", state, settings, segments, None, validated=val_ds is not None)
         _fit(model, train_ds, val_ds, initial_epoch=done, epochs=warmup_epochs, callbacks=callbacks, **fit)
         state = read_state(out_dir)
         done = int(state["epochs_done"])
@@ -880,15 +990,14 @@ def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, fine
     compile_model(model, optimizer, finetune_learning_rate, weight_decay, jit_compile, run_eagerly, label_smoothing)
     if state is not None and state.get("phase") == "finetune":
         restore_checkpoint(model, out_dir / LAST_FILE)
+        _restore_seed_states(model, state.get("seed_states"))
         print(f"resuming {out_dir} in the fine-tuning at epoch {done + 1}/{total}")
     elif state is not None and not warmed_up_here:   # the warm-up ended in an earlier call
         load_weights_only(model, out_dir / LAST_FILE)
+        _restore_seed_states(model, state.get("seed_states"))
         print(f"resuming {out_dir}: warm-up done, fine-tuning from epoch {done + 1}/{total}")
     if done < total:
-        previous = [s for s in (state or {}).get("schedule", []) if s["phase"] != "finetune"]
-        schedule = previous + _phase_segments(state, "finetune", finetune_learning_rate, warmup_epochs, total,
-                                              done, out_dir)
-        callbacks = _callbacks(out_dir, "finetune", state, settings, schedule, patience,
+        callbacks = _callbacks(out_dir, "finetune", state, settings, segments, patience,
                                validated=val_ds is not None)
         _fit(model, train_ds, val_ds, initial_epoch=done, epochs=total, callbacks=callbacks, **fit)
     return read_history(out_dir)
@@ -911,22 +1020,110 @@ def _restore_for_phase(model, out_dir, state, unfreeze_from, train_batchnorm, op
 # ----------------------------------------------------------------------------------------
 # A final fit on all training clips
 # ----------------------------------------------------------------------------------------
-REFIT_DIR = "refit"
-
-
 def refit_epochs(out_dir) -> int:
     """Epochs of the best validation epoch of a run (1-based count): the length of its final fit.
 
     The paper and TSN train on all training clips of a split. Here the validation carve-out
     chooses the number of epochs (and the fusion weight); a final fit then trains the same
     model and settings on train + validation clips for that many epochs, without validation,
-    into ``<out_dir>/refit/`` (``last.keras`` is its model; evaluation's ``checkpoint="refit"``).
+    into ``<out_dir>/refit/`` (:func:`refit_temporal`, :func:`refit_spatial`).
     """
     history = read_history(out_dir)
     if not len(history) or "val_accuracy" not in history or history["val_accuracy"].isna().all():
         raise FileNotFoundError(f"{Path(out_dir) / HISTORY_FILE} has no validated epochs to choose from; "
                                 f"train with validation first")
     return int(history.loc[history["val_accuracy"].idxmax(), "epoch"]) + 1
+
+
+def refit_plan(run_dir) -> dict[str, Any]:
+    """What the final fit of the finished, validated run in ``run_dir`` repeats of it.
+
+    Returns ``{"of": run_dir, "epochs": E, "schedule": [...]}``: ``E`` is :func:`refit_epochs` and
+    ``schedule`` the run's learning-rate segments that start before epoch ``E``, unchanged, so the
+    final fit trains every epoch ``1..E`` at the rate the validated run had there (a cosine squeezed
+    into ``E`` epochs would not be the schedule that was validated). A run still unfinished is an error.
+    """
+    run_dir = Path(run_dir)
+    state = read_state(run_dir)
+    if state is None or not state.get("schedule"):
+        raise FileNotFoundError(f"{run_dir} holds no training run to refit ({STATE_FILE} missing or without "
+                                f"a schedule); train it with validation first")
+    planned = max(s["end_epoch"] for s in state["schedule"])
+    if state["epochs_done"] < planned and not state.get("stopped_early"):
+        raise ValueError(f"{run_dir}: the validated run has done {state['epochs_done']} of its {planned} epochs; "
+                         f"finish it first (train again: it resumes), then refit")
+    epochs = refit_epochs(run_dir)
+    return {"of": str(run_dir), "epochs": epochs,
+            "schedule": [s for s in state["schedule"] if s["first_epoch"] < epochs]}
+
+
+def refit_problem(run_dir) -> str | None:
+    """``None`` if ``run_dir/refit/`` holds a finished final fit of the run as it is now, else why not."""
+    refit_dir = Path(run_dir) / REFIT_DIR
+    state = read_state(refit_dir)
+    if state is None or not (refit_dir / LAST_FILE).is_file():
+        return f"{refit_dir} holds no final fit"
+    try:
+        plan = refit_plan(run_dir)
+    except (FileNotFoundError, ValueError) as error:
+        return str(error)
+    made_for = _refit_made_for(state)
+    if made_for != _refit_record(plan):
+        return (f"{refit_dir} is the final fit of another plan ({made_for['epochs']} epochs at the rates of then; "
+                f"the validated run now chooses {plan['epochs']})")
+    if state["epochs_done"] < plan["epochs"]:
+        return f"{refit_dir} is unfinished ({state['epochs_done']} of {plan['epochs']} epochs)"
+    return None
+
+
+def _refit_record(plan: dict) -> dict:
+    """What makes a final fit the one of ``plan``: its epoch count and schedule (both in its settings)."""
+    return json.loads(json.dumps({"epochs": plan["epochs"], "schedule": plan["schedule"]}))
+
+
+def _refit_made_for(state: dict | None) -> dict:
+    """The :func:`_refit_record` a final fit's ``state.json`` was made for."""
+    settings = (state or {}).get("settings") or {}
+    return {"epochs": ((settings.get("run_info") or {}).get("refit") or {}).get("epochs"),
+            "schedule": settings.get("schedule")}
+
+
+def _refit_start(run_dir, plan: dict, resume: bool, run_info: dict | None) -> tuple[Path, bool, dict]:
+    """The refit folder, whether to resume there (not if it holds the final fit of another plan: a
+    changed epoch count trains again from the first epoch, it never extends), and the run_info."""
+    refit_dir = Path(run_dir) / REFIT_DIR
+    state = read_state(refit_dir) if resume else None
+    if state is not None and _refit_made_for(state) != _refit_record(plan):
+        print(f"{refit_dir}: made for {_refit_made_for(state)['epochs']} epochs at the rates of then; the "
+              f"validated run now chooses {plan['epochs']}: the final fit trains again from its first epoch")
+        resume = False
+    print(f"final fit of {run_dir}: {plan['epochs']} epochs on all training clips at the validated run's rates "
+          f"-> {refit_dir}")
+    return refit_dir, resume, {**(run_info or {}), "refit": {"epochs": plan["epochs"]}}
+
+
+def refit_temporal(model, train_ds, run_dir, *, learning_rate: float, resume: bool = True,
+                   run_info: dict | None = None, **kwargs) -> pd.DataFrame:
+    """The final fit of the temporal run in ``run_dir``: a fresh ``model`` trained on ``train_ds`` (all
+    training clips: train + validation) for :func:`refit_plan`'s epochs at its rates, without
+    validation, into ``run_dir/refit/``. ``kwargs`` as :func:`train_temporal` (the same as the run's)."""
+    plan = refit_plan(run_dir)
+    refit_dir, resume, run_info = _refit_start(run_dir, plan, resume, run_info)
+    return train_temporal(model, train_ds, None, refit_dir, epochs=plan["epochs"], learning_rate=learning_rate,
+                          patience=None, resume=resume, schedule=plan["schedule"], run_info=run_info, **kwargs)
+
+
+def refit_spatial(model, train_ds, run_dir, *, resume: bool = True, run_info: dict | None = None,
+                  **kwargs) -> pd.DataFrame:
+    """The final fit of the spatial run in ``run_dir`` (see :func:`refit_temporal`): the run's warm-up
+    (cut at the plan's epoch count), then fine-tuning up to that count, each phase at the rates the
+    validated run had. ``kwargs`` as :func:`train_spatial` but the epochs (the same as the run's)."""
+    plan = refit_plan(run_dir)
+    refit_dir, resume, run_info = _refit_start(run_dir, plan, resume, run_info)
+    warmup = min(int(read_state(run_dir)["settings"]["warmup_epochs"]), plan["epochs"])
+    return train_spatial(model, train_ds, None, refit_dir, warmup_epochs=warmup,
+                         finetune_epochs=plan["epochs"] - warmup, patience=None, resume=resume,
+                         schedule=plan["schedule"], run_info=run_info, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------
