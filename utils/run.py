@@ -418,17 +418,14 @@ def _course_table(results_md: Path) -> str:
     from utils.report import LEFT_OUT
 
     lines = results_md.read_text(encoding="utf-8").splitlines()
-    table = []
-    for i, line in enumerate(lines):
-        if line.startswith("|"):
-            table.append(line)
-        elif table:
-            rest = lines[i + 1:] if not line.strip() else lines[i:]
-            if rest and rest[0] == LEFT_OUT:
-                table += ["", *[entry for entry in rest[:next((k for k, x in enumerate(rest) if not x.strip()),
-                                                               len(rest))]]]
-            break
-    return "\n".join(table)
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    shown = lines[start:end]
+    rest = [line for line in lines[end:end + 2] if line.strip()]
+    if rest and rest[0] == LEFT_OUT:
+        notes = lines[lines.index(LEFT_OUT, end):]
+        shown += ["", *notes[:next((k for k, line in enumerate(notes) if not line.strip()), len(notes))]]
+    return "\n".join(shown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
