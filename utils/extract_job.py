@@ -43,7 +43,7 @@ import numpy as np
 
 from utils.flow import FLOW_BOUND, get_flow_method, make_video_flow, quantize_flow
 from utils.rawframes import SETTINGS_FILE, TMP_PREFIX, flow_files, frame_file, write_atomically
-from utils.writers import pid_alive  # noqa: F401  (clean_stale_tmp; the executors import it from here)
+from utils.writers import pid_alive
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 MISSING_FRAMES_TOLERANCE = 2   # HMDB51's AVI headers count one frame more than decodes
