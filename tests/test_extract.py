@@ -19,6 +19,7 @@ from utils import extract_job, rawframes
 from utils.extract import extract_dataset, main
 from utils.extract_job import count_decodable_frames, iter_frames, list_videos
 from utils.rawframes import FAILURES_FILE
+from utils.writers import LOCK_FILE
 from utils.flow import FlowMethodUnavailable, dequantize_flow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,9 @@ def video_folders(out_dir):
 
 
 def tree_bytes(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, the lock file aside (it names the process that last held it)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != LOCK_FILE}
 
 
 def run_cli(*args, **popen_kwargs):

@@ -84,7 +84,8 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path, monkeypatch):
     history = training.read_history(tmp_path)
     assert history["epoch"].tolist() == [0]
     assert training.read_state(tmp_path)["epochs_done"] == 1
-    assert {p.name for p in tmp_path.iterdir()} == {"best.keras", "last.keras", "history.csv", "state.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"best.keras", "last.keras", "history.csv", "state.json",
+                                                    ".lock"}          # utils.writers: one run per folder
     # The best epoch so far (the only one): best.keras is that epoch's last.keras, saved once.
     assert (tmp_path / "best.keras").read_bytes() == (tmp_path / "last.keras").read_bytes()
 

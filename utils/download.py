@@ -37,6 +37,7 @@ A class folder appears only once it is fully unpacked, so an interrupted run can
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import http.client
 import os
@@ -55,6 +56,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from .config import DATA_DIR
+from .writers import FolderNotWritable, check_writable
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,16 @@ def download_hmdb51(dest=DEFAULT_DEST, splits_only: bool = False, remove_archive
     return dest
 
 
+def check_destination(dest) -> None:
+    """OSError naming ``dest`` unless it is, or can be made, a folder this user can write into."""
+    try:
+        check_writable(dest)
+    except FolderNotWritable as error:
+        advice = ("give --dest a folder (it gets videos/, splits/ and downloads/)" if error.errno == errno.ENOTDIR
+                  else "fix its permissions or give --dest a folder you can write into")
+        raise OSError(f"{error}; {advice}") from None
+
+
 DATASETS = {
     "hmdb51": (download_hmdb51, DEFAULT_DEST, EXPECTED_VIDEOS),
     "ucf101": (download_ucf101, UCF101_DEST, UCF101_EXPECTED_VIDEOS),
@@ -424,11 +436,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     download, default_dest, expected = DATASETS[args.dataset]
     try:
+        check_destination(args.dest or default_dest)
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
         dest = download(args.dest or default_dest, splits_only=args.splits_only,
                         remove_archives=args.remove_archives)
     except (DownloadError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:        # the disk filled up, a folder became unwritable, ...
+        where = error.filename or args.dest or default_dest
+        print(f"error: {where}: {error.strerror or error}; free some space or fix the folder, then run the same "
+              f"command again (the download resumes)", file=sys.stderr)
+        return 2
     n_splits = sum(1 for p in (dest / "splits").iterdir() if p.suffix == ".txt")
     n_videos = sum(1 for _ in (dest / "videos").glob("*/*.avi")) if not args.splits_only else 0
     print(f"{dest}: {n_splits} split files" + ("" if args.splits_only else

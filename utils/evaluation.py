@@ -24,6 +24,7 @@ chosen on the *validation* videos, never on the test videos.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -38,6 +39,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
 
 from utils.config import Config
+from utils.writers import remove_dead_temporaries
 
 STREAMS = ("spatial", "temporal")
 PROTOCOLS = ("one_frame", "whole_video")
@@ -191,19 +193,30 @@ def save_scores(path: str | os.PathLike, scores: Scores) -> Path:
     return path
 
 
+class DamagedScoreFile(ValueError):
+    """A score file that cannot be read (empty, cut short, not a score file); the message names it."""
+
+
 def load_scores(path: str | os.PathLike) -> Scores:
-    """Read a score file written by :func:`save_scores`."""
+    """Read a score file written by :func:`save_scores`; :class:`DamagedScoreFile` naming it if it is damaged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no score file {path}; run the evaluation of that stream first")
-    with np.load(path, allow_pickle=False) as data:
-        missing = {"video", "label", "scores", "class_names"} - set(data.files)
-        if missing:
-            raise ValueError(f"{path} is not a score file: missing arrays {sorted(missing)}")
-        meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-        n_inputs = data["n_inputs"] if "n_inputs" in data.files else None
-        return Scores(data["video"], data["label"], data["scores"], list(data["class_names"]),
-                      n_inputs, meta)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"video", "label", "scores", "class_names"} - set(data.files)
+            if missing:
+                raise ValueError(f"missing arrays {sorted(missing)}")
+            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+            if not isinstance(meta, dict):
+                raise ValueError("its settings are not a JSON object")
+            n_inputs = data["n_inputs"] if "n_inputs" in data.files else None
+            return Scores(data["video"], data["label"], data["scores"], list(data["class_names"]),
+                          n_inputs, meta)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        size = path.stat().st_size
+        raise DamagedScoreFile(f"{path}: not a readable score file ({size} bytes; {type(error).__name__}: "
+                               f"{error}); delete it, and the evaluation that made it recomputes it") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -605,8 +618,7 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     if model is None:
         if not ckpt.is_file():
             raise FileNotFoundError(f"no checkpoint {ckpt}; train the {stream} stream first")
-        info = ckpt.stat()
-        ckpt_id = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": info.st_mtime_ns, "checkpoint_bytes": info.st_size}
+        ckpt_id = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt)}
     else:
         ckpt_id = {"checkpoint": "<model given in memory>"}
         force = True  # an in-memory model cannot be matched against a saved file
@@ -619,17 +631,22 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
         check_stream_input(checkpoint_input_shape(ckpt), stream, ckpt)
     else:
         check_stream_input(getattr(model, "input_shape", None), stream, "the model given")
+    extraction = extraction_settings(cfg)
+    if model is None and stream == "temporal":
+        check_trained_flow(ckpt, extraction, Path(cfg.frames_dir))
     image_size, stack_length = cfg.image_size, cfg.stack_length
     rows = evaluation_rows(cfg, subset, index=index, stack_length=stack_length,
                            allow_missing=allow_missing)
     settings = {"stream": stream, "subset": subset, **protocol_id, "stack_length": stack_length,
                 "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
                 "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0),
-                "excluded": rows.attrs.get("excluded", {}), "extraction": extraction_settings(cfg), **ckpt_id}
+                "excluded": rows.attrs.get("excluded", {}), "extraction": extraction, **ckpt_id}
     settings = json.loads(json.dumps(settings, default=str))        # as stored (tuples become lists)
     out = scores_path(cfg, stream, protocol, subset)
     partial = out.with_name(out.stem + ".partial.npz")
     videos = rows["video"].astype(str).to_numpy()
+    for removed in remove_dead_temporaries(out.parent):
+        print(f"removed {removed}: an unfinished score file of an interrupted run")
 
     if not force and out.is_file():
         done = _load_if_matching(out, settings, videos)
@@ -686,10 +703,128 @@ def _input_geometry(model, stream: str, image_size: int, stack_length: int) -> t
 
 
 def extraction_settings(cfg: Config) -> dict | None:
-    """The extraction's settings (flow method, frame size, ...) from ``rawframes/extraction_settings.json``."""
-    from utils.rawframes import read_extraction_settings
+    """The extraction's settings (flow method, frame size, ...) from ``rawframes/extraction_settings.json``
+    (None when there is no such file; ValueError naming it when it is damaged)."""
+    from utils.rawframes import SETTINGS_FILE, read_extraction_settings
 
-    return read_extraction_settings(cfg.frames_dir)
+    settings = read_extraction_settings(cfg.frames_dir)
+    path = Path(cfg.frames_dir) / SETTINGS_FILE
+    if settings is None and path.exists():
+        raise ValueError(f"{path}: not the settings of an extraction (not a JSON object: a damaged file?), so it "
+                         f"is unknown which flow the frames hold; extract the frames again into an empty folder "
+                         f"(notebook 01)")
+    return settings
+
+
+FLOW_KEYS = ("method", "flow_bound", "method_options")   # what makes one optical flow another
+
+
+def describe_flow(extraction: dict | None, short: bool = False) -> str:
+    """Words for the flow an extraction made, e.g. ``'dis' flow clipped at +-20 px``; ``short``: a
+    table cell, e.g. ``dis, +-20 px`` (``unknown`` without settings)."""
+    if not extraction or not extraction.get("method"):
+        return "unknown" if short else "unknown flow (no extraction settings recorded)"
+    bound, options = extraction.get("flow_bound"), extraction.get("method_options")
+    if short:
+        return ", ".join([str(extraction["method"])] + ([f"+-{bound:g} px"] if isinstance(bound, (int, float)) else [])
+                         + ([json.dumps(options, sort_keys=True)] if options else []))
+    text = f"{extraction['method']!r} flow" + (f" clipped at +-{bound:g} px" if isinstance(bound, (int, float)) else "")
+    return text + (f" (options {options})" if options else "")
+
+
+def trained_extraction(checkpoint: str | os.PathLike) -> tuple[Path, dict | None] | None:
+    """``(state.json, extraction settings)`` that the training of ``checkpoint`` recorded (its folder's
+    ``state.json``, ``settings.run_info.extraction``); None when that folder records no training."""
+    from utils.training import STATE_FILE, read_state
+
+    state_path = Path(checkpoint).parent / STATE_FILE
+    if not state_path.is_file():
+        return None
+    run_info = ((read_state(state_path.parent) or {}).get("settings") or {}).get("run_info") or {}
+    if "extraction" not in run_info:
+        return None
+    return state_path, run_info["extraction"]
+
+
+def check_trained_flow(checkpoint: str | os.PathLike, extraction: dict | None, frames_dir: Path) -> None:
+    """Refuse to score a temporal model on flow of another method or bound than it was trained on.
+
+    What it was trained on comes from the training's record (:func:`trained_extraction`), what
+    the frames hold now from ``extraction``; both are named. A checkpoint without such a record
+    (given as a path, or trained by an older version) is scored with a warning that it cannot be checked.
+    """
+    from utils.rawframes import SETTINGS_FILE
+
+    record = trained_extraction(checkpoint)
+    if record is None or record[1] is None or extraction is None:
+        warnings.warn(f"{checkpoint}: no record of the flow this temporal model was trained on "
+                      f"(its folder's state.json), so it cannot be checked against {describe_flow(extraction)} "
+                      f"in {frames_dir / SETTINGS_FILE}", stacklevel=3)
+        return
+    state_path, trained = record
+    differ = [k for k in FLOW_KEYS if (trained.get(k) or None) != (extraction.get(k) or None)]
+    if differ:
+        raise ValueError(
+            f"{checkpoint}: this temporal model was trained on {describe_flow(trained)} ({state_path}), but "
+            f"{frames_dir / SETTINGS_FILE} says the frames now hold {describe_flow(extraction)} (differs in "
+            f"{', '.join(differ)}); its scores there would be wrong. Extract the frames again with the flow it "
+            f"was trained on (notebook 01, -p flow_method={trained.get('method')}), or train the temporal "
+            f"stream again on these frames (notebook 03)")
+
+
+_digests: dict[tuple, str] = {}
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a checkpoint file's content: what identifies the model behind a score file.
+
+    Computed once per file version in a process (about 0.5 s for the 284 MB of a ResNet-50 checkpoint
+    with its optimizer state); a rewritten file (other inode, size, or modification or change time)
+    is hashed again. Path and time alone do not identify a model: a copy keeps its content, a
+    rewrite can keep its time.
+    """
+    path = Path(path)
+    info = path.stat()
+    key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 22), b""):
+                digest.update(block)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+def stale_reason(scores: Scores, cfg: Config, path: str | os.PathLike) -> str | None:
+    """Why the score file ``path`` no longer stands for what it names, or None when it still does.
+
+    It does not when the checkpoint it names now has another content (trained again), when the
+    frames were extracted again with other settings, or when it was made by an earlier version
+    that recorded no checkpoint content. A checkpoint no longer on disk, or a model given in
+    memory, cannot be checked and counts as current.
+    """
+    meta = scores.meta
+    checkpoint = meta.get("checkpoint")
+    if "fusion" in meta or checkpoint is None or str(checkpoint).startswith("<"):
+        return None
+    redo = ("re-run the evaluation that made it (notebook 04 for one frame, 05 for the whole video, "
+            "or `python -m utils.run --from 04`)")
+    if "checkpoint_sha256" not in meta:
+        return (f"{path}: made by an earlier version that did not record the content of its checkpoint "
+                f"{checkpoint}, so it cannot be told which model made it; {redo}")
+    if Path(checkpoint).is_file():
+        now = checkpoint_sha256(checkpoint)
+        if now != meta["checkpoint_sha256"]:
+            return (f"{path}: made by {checkpoint} with SHA-256 {meta['checkpoint_sha256'][:12]}, which now has "
+                    f"SHA-256 {now[:12]} (trained again since); {redo}")
+    try:
+        extraction = extraction_settings(cfg)
+    except ValueError as error:
+        return str(error)
+    if (meta.get("extraction") or None) != (extraction or None):
+        return (f"{path}: made on frames extracted with {describe_flow(meta.get('extraction'))}, but the frames "
+                f"now are from another extraction ({describe_flow(extraction)}); {redo}")
+    return None
 
 
 def extraction_method(cfg: Config) -> str | None:
@@ -705,6 +840,10 @@ def _load_if_matching(path: Path, settings: dict, videos: np.ndarray) -> Scores 
     """
     try:
         saved = load_scores(path)
+    except DamagedScoreFile as error:
+        warnings.warn(f"{error}: recomputing it", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
     except (OSError, ValueError):
         return None
     if any(saved.meta.get(k) != v for k, v in settings.items()):
@@ -722,23 +861,48 @@ def _check_choice(name: str, value, choices) -> None:
 # ----------------------------------------------------------------------------------------
 # Everything a results table needs, from score files only
 # ----------------------------------------------------------------------------------------
-def fusion_results(cfg: Config, protocol: str) -> dict[str, Scores]:
+def current_scores(cfg: Config, stream: str, protocol: str, subset: str = "test",
+                   problems: list[str] | None = None) -> Scores | None:
+    """The score file of a stream if it exists and still stands for what it names (:func:`stale_reason`).
+
+    A stale or damaged file gives None, with its reason (``<file>: what is wrong; what to do``)
+    appended to ``problems`` when given, else warned about.
+    """
+    path = scores_path(cfg, stream, protocol, subset)
+    if not path.is_file():
+        return None
+    try:
+        scores = load_scores(path)
+        reason = stale_reason(scores, cfg, path)
+    except DamagedScoreFile as error:
+        scores, reason = None, str(error)
+    if reason is None:
+        return scores
+    if problems is None:
+        warnings.warn(f"left out: {reason}", stacklevel=2)
+    else:
+        problems.append(reason)
+    return None
+
+
+def fusion_results(cfg: Config, protocol: str, problems: list[str] | None = None) -> dict[str, Scores]:
     """Test scores of both streams and both fusions under ``protocol``, read from score files.
 
     Keys: ``"spatial"``, ``"temporal"``, ``"average"`` and (when both validation score files
     exist) ``"weighted"``, whose ``meta["weight"]`` was chosen on the validation videos.
-    Missing stream files are left out.
+    Missing stream files are left out, and so are files that no longer stand for the checkpoint or
+    the frames they name, or are damaged (:func:`current_scores`; their reasons go to ``problems``).
     """
     out: dict[str, Scores] = {}
     for stream in STREAMS:
-        path = scores_path(cfg, stream, protocol, "test")
-        if path.is_file():
-            out[stream] = load_scores(path)
+        scores = current_scores(cfg, stream, protocol, "test", problems)
+        if scores is not None:
+            out[stream] = scores
     if len(out) == 2:
         out["average"] = average_fusion(out["spatial"], out["temporal"])
-        val = [scores_path(cfg, s, protocol, "val") for s in STREAMS]
-        if all(p.is_file() for p in val):
-            spatial_val, temporal_val = load_scores(val[0]), load_scores(val[1])
+        val = [current_scores(cfg, s, protocol, "val", problems) for s in STREAMS]
+        if all(v is not None for v in val):
+            spatial_val, temporal_val = val
             weight, table = choose_fusion_weight(spatial_val, temporal_val)
             out["weighted"] = weighted_fusion(out["spatial"], out["temporal"], weight)
             out["weighted"].meta.update(n_val=len(spatial_val), weight_search=table.to_dict(orient="list"))

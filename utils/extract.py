@@ -42,8 +42,9 @@ from utils import dataset
 from utils import extract_cluster as cluster
 from utils.config import Config
 from utils.extract_batched import run_batched
+from utils import writers
 from utils.extract_job import (ExtractionSettings, Job, Result, check_settings, clean_stale_tmp, flow_fn_for,
-                               init_worker, list_videos, output_size, run_job)
+                               init_worker, output_size, run_job, scan_videos, stops_run)
 from utils.flow import FLOW_METHODS, check_flow_method
 from utils.rawframes import FAILURES_FILE, TMP_PREFIX, WARNINGS_FILE
 
@@ -103,10 +104,17 @@ def default_workers(method: str) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _resolve_videos(videos_dir: Path, videos: Iterable[str | Path] | None) -> list[Path]:
+def _resolve_videos(videos_dir: Path, videos: Iterable[str | Path] | None) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The video paths to extract, and the entries of the videos folder skipped (not video files)."""
     if videos is None:
-        return list_videos(videos_dir)
-    return [p if Path(p).is_absolute() else videos_dir / p for p in map(Path, videos)]
+        return scan_videos(videos_dir)
+    paths = []
+    for entry in map(Path, videos):      # relative: exactly <class>/<file>; absolute: no '..' in it
+        if ".." in entry.parts or (not entry.is_absolute() and len(entry.parts) != 2):
+            raise ValueError(f"video {str(entry)!r} is not a <class>/<file> path inside {videos_dir} (its frames "
+                             f"would be read or written outside the dataset); give paths relative to {videos_dir}")
+        paths.append(entry if entry.is_absolute() else videos_dir / entry)
+    return paths, []
 
 
 def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "tvl1",
@@ -136,14 +144,14 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
     start = time.perf_counter()
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     _check_options(workers=workers, size=size, short_side=short_side, max_frames=max_frames,
-                   jpeg_quality=jpeg_quality)
+                   jpeg_quality=jpeg_quality, opencv_threads=opencv_threads)
     flow_method = check_flow_method(method)             # e.g. missing opencv-contrib: fail here, early
     workers = default_workers(method) if workers is None else int(workers)
     settings = ExtractionSettings(method=method, size=tuple(size) if size else None, short_side=short_side,
                                   max_frames=max_frames, jpeg_quality=jpeg_quality,
                                   method_options=dict(method_options or {}))
     output_size(1, 1, settings.size, settings.short_side)   # validates size vs short_side
-    video_paths = _resolve_videos(videos_dir, videos)
+    video_paths, not_videos = _resolve_videos(videos_dir, videos)
     if shard is not None or ray_address is not None:
         if ray_address is not None and flow_method.batched:
             raise ValueError(f"--ray sends one task per video to CPU workers; {method!r} is batched (a GPU "
@@ -152,6 +160,19 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
             video_paths = cluster.shard_videos(video_paths, shard, videos_dir)
 
     _prepare_output_folder(out_dir, settings)
+    _read_warnings(out_dir / WARNINGS_FILE)      # a damaged file is named now, not after all the work
+    # One writer per folder: a second run is refused; shards of one run share the folder.
+    with writers.one_writer(out_dir, "extraction", shared=shard is not None):
+        return _extract(videos_dir, out_dir, settings, flow_method, workers, video_paths, not_videos,
+                        opencv_threads=opencv_threads, progress=progress, splits_dir=splits_dir, shard=shard,
+                        ray_address=ray_address, start=start)
+
+
+def _extract(videos_dir: Path, out_dir: Path, settings: ExtractionSettings, flow_method, workers: int,
+             video_paths: list[Path], not_videos: list[tuple[str, str]], *, opencv_threads: int, progress: bool,
+             splits_dir, shard, ray_address, start: float) -> ExtractionSummary:
+    """The work of :func:`extract_dataset` once its options are checked and it holds the output folder."""
+    method = settings.method
     if shard is not None or ray_address is not None:    # this run owns its videos, on whichever node
         stale = cluster.remove_own_tmp(out_dir / p.parent.name / p.stem for p in video_paths)
     else:
@@ -160,6 +181,9 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
         log.info("removed %d unfinished video folder(s) left by an interrupted run", stale)
 
     summary = ExtractionSummary(out_dir=out_dir, method=method, workers=workers)
+    for path, reason in not_videos:       # links to nothing, loops, FIFOs, devices, folders named x.avi
+        summary.failures.append((path, reason))
+        log.warning("skipped: %s: %s", path, reason)
     if splits_dir is not None:
         summary.unlisted_classes = _unlisted_classes(videos_dir, Path(splits_dir))
     jobs, seen = [], set()
@@ -191,6 +215,11 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
         else:
             results = _run_jobs(jobs, workers, opencv_threads)
         for result in results:
+            if stops_run(result):       # every later video would fail the same way: stop, name it
+                raise OutputFolderError(
+                    f"{out_dir}: {result.error} (video {result.video_path}); free some space or extract into "
+                    f"a folder on another disk, then run the same command again: the {summary.done} video(s) "
+                    f"finished in this run are kept and this one is redone")
             if result.error is None:
                 summary.done += 1
                 summary.frame_pairs += result.frame_pairs
@@ -255,6 +284,10 @@ def _write_failures(path: Path, failures: list[tuple[str, str]], header=("video"
             writer.writerow(header)
             writer.writerows(sorted(failures))
         os.replace(tmp, path)
+    except OSError as error:
+        raise OutputFolderError(f"{path}: cannot be written ({error.strerror or error}); "
+                                f"{_WRITE_ADVICE.get(error.errno, 'check the output folder')}, then run again "
+                                f"(finished videos are kept)") from error
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -264,23 +297,39 @@ def _update_warnings(out_dir: Path, new: list[tuple[str, str]], redone: set[str]
     folder is still there and was not redone now. Returns all of them."""
     path = out_dir / WARNINGS_FILE
     kept = []
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8", errors="replace") as file:
-            for row in csv.DictReader(file):
-                video = Path(row["video"])
-                if row["video"] not in redone and (out_dir / video.parent.name / video.stem).is_dir():
-                    kept.append((row["video"], row["warning"]))
+    for video_text, warning in _read_warnings(path):
+        video = Path(video_text)
+        if video_text not in redone and (out_dir / video.parent.name / video.stem).is_dir():
+            kept.append((video_text, warning))
     rows = kept + new
     if rows or path.is_file():
         _write_failures(path, rows, header=("video", "warning"))
     return rows
 
 
-def _check_options(*, workers, size, short_side, max_frames, jpeg_quality) -> None:
+def _read_warnings(path: Path) -> list[tuple[str, str]]:
+    """The (video, warning) rows of an ``extraction_warnings.csv`` ([] if absent); ValueError naming a damaged one."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8", errors="replace") as file:
+        reader = csv.reader(file)
+        header = next(reader, None)
+        rows = list(reader)
+    bad = next((i for i, row in enumerate(rows, start=2) if len(row) != 2), None)
+    if header != ["video", "warning"] or bad is not None:
+        where = "its header is not video,warning" if header != ["video", "warning"] else f"line {bad} has not 2 fields"
+        raise ValueError(f"{path}: not an extraction warnings file ({where}: a damaged file?); delete it (the "
+                         f"warnings of videos extracted earlier are lost, the frames are not) and run again")
+    return [(video, warning) for video, warning in rows]
+
+
+def _check_options(*, workers, size, short_side, max_frames, jpeg_quality, opencv_threads=1) -> None:
     """ValueError for option values that would fail on every video or be silently changed."""
     problems = []
     if workers is not None and int(workers) < 1:
         problems.append(f"workers must be >= 1, got {workers}")
+    if opencv_threads is None or int(opencv_threads) < 1:
+        problems.append(f"opencv_threads must be >= 1, got {opencv_threads}")
     if size is not None and (len(size) != 2 or min(size) < 1):
         problems.append(f"size must be two positive numbers (width, height), got {size!r}")
     if short_side is not None and short_side < 1:
@@ -293,6 +342,13 @@ def _check_options(*, workers, size, short_side, max_frames, jpeg_quality) -> No
         raise ValueError("; ".join(problems))
 
 
+_WRITE_ADVICE = {errno.ENOSPC: "free some space or give a folder on another disk",
+                 errno.EDQUOT: "free some space or give a folder on another disk",
+                 errno.EACCES: "it is not writable for you: fix its permissions or give another folder",
+                 errno.EPERM: "it is not writable for you: fix its permissions or give another folder",
+                 errno.EROFS: "it is on a read-only file system: give another folder"}
+
+
 def _prepare_output_folder(out_dir: Path, settings: ExtractionSettings) -> None:
     """Create ``out_dir`` and record the settings there, or raise an error that says why it cannot be used."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -301,13 +357,8 @@ def _prepare_output_folder(out_dir: Path, settings: ExtractionSettings) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         check_settings(out_dir, settings)
     except OSError as error:
-        advice = {errno.ENOSPC: "free some space or give a folder on another disk",
-                  errno.EDQUOT: "free some space or give a folder on another disk",
-                  errno.EACCES: "it is not writable for you: fix its permissions or give another folder",
-                  errno.EPERM: "it is not writable for you: fix its permissions or give another folder",
-                  errno.EROFS: "it is on a read-only file system: give another folder"}
         raise OutputFolderError(f"cannot write into the output folder {out_dir}: {error.strerror or error}; "
-                                f"{advice.get(error.errno, 'give another folder')}") from error
+                                f"{_WRITE_ADVICE.get(error.errno, 'give another folder')}") from error
 
 
 def _unlisted_classes(videos_dir: Path, splits_dir: Path) -> list[str]:
@@ -329,6 +380,17 @@ def _parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _read_video_list(path: Path) -> list[str]:
     """The lines of a ``--list`` file; ValueError / FileNotFoundError naming the file."""
     if not path.is_file():
@@ -340,7 +402,17 @@ def _read_video_list(path: Path) -> list[str]:
     except UnicodeDecodeError as error:
         line_no = raw.count(b"\n", 0, error.start) + 1
         raise ValueError(f"--list {path}, line {line_no}: not UTF-8 text; save it as UTF-8") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    videos = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.replace("\\", "/").split("/")
+        if len(parts) != 2 or Path(line).is_absolute() or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"--list {path}, line {line_no}: {line!r} is not a <class>/<file> path inside the "
+                             f"videos folder (no '..', no absolute path); fix or remove the line")
+        videos.append(line)
+    return videos
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder (<class>/<video>/img_*.jpg, flow_[xy]_*.jpg)")
     parser.add_argument("--method", default="tvl1", choices=sorted(FLOW_METHODS), help="optical flow method")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
-    parser.add_argument("--opencv-threads", type=int, default=1, help="OpenCV threads per process")
+    parser.add_argument("--opencv-threads", type=_at_least_one, default=1, help="OpenCV threads per process")
     resize = parser.add_mutually_exclusive_group()
     resize.add_argument("--short-side", type=int, help="resize so the shorter side has this length")
     resize.add_argument("--size", type=_parse_size, help="resize to WxH, e.g. 340x256 (default: native size)")

@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -42,6 +44,7 @@ import numpy as np
 from utils.flow import FLOW_BOUND, get_flow_method, make_video_flow, quantize_flow
 from utils.rawframes import (FLOW_NAMINGS, MADE_ELSEWHERE, SETTINGS_FILE, TMP_PREFIX, flow_files, frame_file,
                              has_video_folders, made_elsewhere_settings, write_atomically)
+from utils.writers import pid_alive
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 MISSING_FRAMES_TOLERANCE = 2   # HMDB51's AVI headers count one frame more than decodes
@@ -78,49 +81,124 @@ def check_settings(out_dir: Path, settings: ExtractionSettings) -> None:
     A folder that already holds video folders but no settings file was made elsewhere: it is
     recorded as such (``origin`` :data:`utils.rawframes.MADE_ELSEWHERE`, method unknown), with the
     settings of the videos added here under ``added_here``, never as if these settings made it all.
+    The record is created with a hard link (which fails if the file exists), so of two runs that
+    start at the same moment with other settings, one records its settings and the other is refused.
     """
     path = out_dir / SETTINGS_FILE
     wanted = settings.to_json()
-    if not path.is_file() and has_video_folders(out_dir):
-        write_atomically(path, json.dumps({**made_elsewhere_settings(), "added_here": wanted}, indent=2) + "\n")
-        return
-    if path.is_file():
+    if not path.is_file():
+        record = {**made_elsewhere_settings(), "added_here": wanted} if has_video_folders(out_dir) else wanted
+        text = json.dumps(record, indent=2) + "\n"
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
         try:
-            found = json.loads(path.read_text())
-        except ValueError:
-            raise ValueError(f"{path} is not readable JSON (a damaged file?), so the settings of the frames in "
-                             f"{out_dir} are unknown; delete {out_dir} or extract into another folder") from None
-        if isinstance(found, dict) and found.get("origin") == MADE_ELSEWHERE:
-            if found.get("added_here") is None:
-                write_atomically(path, json.dumps({**found, "added_here": wanted}, indent=2) + "\n")
+            tmp.write_text(text)
+            try:
+                os.link(tmp, path)
                 return
-            found = found["added_here"]          # the videos added here share one setting
-        if found != wanted:
-            changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
-            raise ValueError(
-                f"{out_dir} already holds frames extracted with other settings "
-                f"({', '.join(f'{k}: {old!r} there, {new!r} now' for k, (old, new) in changed.items())}). "
-                f"Finished videos would be skipped and the folder would mix both. Delete {out_dir} "
-                f"or extract into another folder."
-            )
-        return
-    write_atomically(path, json.dumps(wanted, indent=2) + "\n")
+            except FileExistsError:     # another run recorded its settings meanwhile: compare with them
+                pass
+            except OSError:             # a file system without hard links
+                if not path.exists():
+                    write_atomically(path, text)
+                    return
+        finally:
+            tmp.unlink(missing_ok=True)
+    found = _read_settings_file(path, out_dir)
+    if found.get("origin") == MADE_ELSEWHERE:
+        if found.get("added_here") is None:
+            write_atomically(path, json.dumps({**found, "added_here": wanted}, indent=2) + "\n")
+            return
+        found = found["added_here"]          # the videos added here share one setting
+    if found != wanted:
+        changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        raise ValueError(
+            f"{out_dir} already holds frames extracted with other settings "
+            f"({', '.join(f'{k}: {old!r} there, {new!r} now' for k, (old, new) in changed.items())}). "
+            f"Finished videos would be skipped and the folder would mix both. Delete {out_dir} "
+            f"or extract into another folder."
+        )
+
+
+def _read_settings_file(path: Path, out_dir: Path) -> dict:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        found = None
+    if not isinstance(found, dict):
+        raise ValueError(f"{path}: not the settings of an extraction (not a JSON object of settings: a damaged "
+                         f"file?), so the settings of the frames in {out_dir} are unknown; delete {out_dir} or "
+                         f"extract into another folder")
+    return found
 
 
 # --- finding and reading videos ----------------------------------------------------------------
+class VideoScan(NamedTuple):
+    """What :func:`scan_videos` finds: the video files, and the entries that look like videos but are not."""
+
+    videos: list[Path]
+    skipped: list[tuple[str, str]]      # (path, why it is not read): links to nothing, loops, FIFOs, ...
+
+
 def list_videos(videos_dir: str | Path) -> list[Path]:
     """All ``<class>/<video>`` files with a video extension, sorted (no glob: names hold ``[ ] ( ) !``)."""
+    return scan_videos(videos_dir).videos
+
+
+def scan_videos(videos_dir: str | Path) -> VideoScan:
+    """The ``<class>/<video>`` files of ``videos_dir``, and the entries skipped with the reason for each.
+
+    Only regular files are videos (a link to one counts: datasets are often linked in). An entry
+    with a video extension that is not a regular file (a link to nothing, a link loop, a FIFO, a
+    device such as a link to ``/dev/zero``, a folder named ``x.avi``) is skipped and named, and so
+    is a class entry that is a broken link; class folders are not searched deeper, so a link loop
+    cannot make the scan run forever or stop it.
+    """
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
         raise FileNotFoundError(f"videos folder {videos_dir} does not exist")
-    videos = []
+    videos, skipped = [], []
     for class_entry in os.scandir(videos_dir):
-        if not class_entry.is_dir() or class_entry.name.startswith("."):
+        if class_entry.name.startswith("."):
+            continue
+        kind = entry_kind(class_entry.path)
+        if kind != "folder":
+            if class_entry.is_symlink():   # meant as a class folder, surely
+                skipped.append((class_entry.path, f"{_in_words(kind)}, not a class folder: skipped"))
             continue
         for entry in os.scandir(class_entry.path):
-            if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(VIDEO_EXTENSIONS):
+            if entry.name.startswith(".") or not entry.name.lower().endswith(VIDEO_EXTENSIONS):
+                continue
+            kind = entry_kind(entry.path)
+            if kind == "file":
                 videos.append(Path(entry.path))
-    return sorted(videos)
+            else:
+                skipped.append((entry.path, f"{_in_words(kind)}, not a video file: skipped"))
+    return VideoScan(sorted(videos), sorted(skipped))
+
+
+def _in_words(kind: str) -> str:
+    return {"file": "a file", "folder": "a folder"}.get(kind, kind)
+
+
+def entry_kind(path: str | os.PathLike) -> str:
+    """``"file"``, ``"folder"``, ``"missing"``, or what else ``path`` is, in words (a link loop, a FIFO, ...)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if os.path.islink(path):
+            return f"a symbolic link to nothing (-> {os.readlink(path)})"
+        if error.errno == errno.ENOENT:
+            return "missing"
+        return f"not readable ({error.strerror})"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    what = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return what + (f" (-> {os.readlink(path)})" if os.path.islink(path) else "")
 
 
 def iter_frames(video_path: str | Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
@@ -131,11 +209,12 @@ def iter_frames(video_path: str | Path, max_frames: int | None = None) -> Iterat
     reason when the file is missing, empty or cannot be opened.
     """
     video_path = Path(video_path)
-    if not video_path.is_file():
-        raise VideoReadError("file not found")
+    check_name(video_path)
+    kind = entry_kind(video_path)
+    if kind != "file":
+        raise VideoReadError("file not found" if kind == "missing" else f"{_in_words(kind)}, not a video file")
     if video_path.stat().st_size == 0:
         raise VideoReadError("empty file (0 bytes)")
-    check_name(video_path)
     capture = cv2.VideoCapture(str(video_path))
     try:
         if not capture.isOpened():
@@ -425,9 +504,24 @@ def run_job(job: Job) -> Result:
         return failure(job.video_path, error, traceback.format_exc())
 
 
+DISK_FULL = "no space left on the output disk"       # the start of a failure that stops the whole run
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
 def failure(video_path: str, error: BaseException, details: str | None) -> Result:
-    """The result of a video that failed with an unexpected error (its type and message, and the traceback)."""
+    """The result of a video that failed with an unexpected error (its type and message, and the traceback).
+
+    A full disk (or quota) is not the video's fault and every later video would fail the same way:
+    its error starts with :data:`DISK_FULL` and names the file being written (see :func:`stops_run`).
+    """
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        return Result(video_path, error=f"{DISK_FULL} ({error.strerror}) while writing {error.filename or 'a file'}")
     return Result(video_path, error=f"{type(error).__name__}: {str(error).strip()}", details=details)
+
+
+def stops_run(result: Result) -> bool:
+    """Whether a failed result means that no later video can succeed either (a full disk)."""
+    return bool(result.error) and result.error.startswith(DISK_FULL)
 
 
 # --- leftovers of interrupted runs -------------------------------------------------------------
@@ -437,28 +531,10 @@ def clean_stale_tmp(out_dir: Path) -> int:
     if not out_dir.is_dir():
         return removed
     for class_entry in os.scandir(out_dir):
-        if not class_entry.is_dir() or class_entry.name.startswith("."):
+        if class_entry.name.startswith(".") or entry_kind(class_entry.path) != "folder":
             continue
         for entry in os.scandir(class_entry.path):
             if entry.name.startswith(TMP_PREFIX) and not pid_alive(entry.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed += 1
     return removed
-
-
-def pid_alive(pid_text: str) -> bool:
-    """Whether process ``pid_text`` (another one than this) runs; a zombie (dead, not reaped yet) does not."""
-    if not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:   # Linux: state is the field after "pid (comm)"; Z/X = exited (kill(pid, 0) still succeeds)
-        state = Path(f"/proc/{pid_text}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-

@@ -150,20 +150,33 @@ def save_run_info(cfg: Config, index: pd.DataFrame | None = None) -> Path:
 def load_run_info(run: str, dataset: str | None = None) -> dict:
     """The run's ``run_info.json``; if missing, made from its dataset (``dataset``, else ``data/<name>``)."""
     path = run_folder(run) / RUN_INFO_FILE
+    damage = None
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            info, damage = None, f"not JSON ({error})"
+        if isinstance(info, dict) and isinstance(info.get("class_names"), list) and info["class_names"]:
+            return info
+        damage = damage or "no list of class names in it"
     name, split = _parse_run(run)
     if dataset is None and name is not None:
         if name in BUILTIN_DATASETS or (Path(config.DATA_DIR) / name).is_dir():
             dataset = name if name in BUILTIN_DATASETS else str(Path(config.DATA_DIR) / name)
     cfg = Config(dataset=dataset, split=split or 1) if dataset is not None else None
     if cfg is None or not Path(cfg.data_root).is_dir():
+        if damage:
+            raise ValueError(f"{path}: not a run's record ({damage}: a damaged file?), and the dataset the run was "
+                             f"trained on is not at hand to make it again; pass --dataset PATH (the dataset "
+                             f"folder), or call utils.predict.save_run_info(cfg) where the run was trained")
         raise FileNotFoundError(
             f"cannot tell the classes of run {run!r}: {path} is missing and the dataset it was trained "
             f"on is not at hand; pass --dataset PATH (the dataset folder), or call "
             f"utils.predict.save_run_info(cfg) where the run was trained")
     if cfg.run_name != run:
         raise ValueError(f"dataset {cfg.data_root} with split {cfg.split} makes run {cfg.run_name!r}, not {run!r}")
+    if damage:
+        print(f"note: {path}: not a run's record ({damage}); made again from {cfg.data_root}", file=sys.stderr)
     save_run_info(cfg)
     return json.loads(path.read_text())
 
@@ -249,9 +262,13 @@ def predict_video(video, run: str = "demo_split1", *, dataset: str | None = None
     from utils import evaluation as ev
     from utils import flow as flow_lib
     from utils.dataset import video_metadata
-    from utils.extract_job import VideoReadError, extract_video
+    from utils.extract_job import VideoReadError, check_name, extract_video
     from utils.rawframes import count_frames
 
+    try:
+        check_name(video)     # before OpenCV opens it: VideoCapture crashes the process on such a name
+    except VideoReadError as error:
+        raise ValueError(f"{os.fsencode(video)!r}: {error}") from None
     paths = check_checkpoints(run)
     info = load_run_info(run, dataset)
     classes = list(info["class_names"])
@@ -410,6 +427,20 @@ def default_picture_path(prediction: Prediction) -> Path:
     return Path(config.REPORT_DIR) / prediction.run / "predictions" / f"{prediction.video.stem}.png"
 
 
+def _at_least(low: int, why: str = ""):
+    """An argparse type: a whole number >= ``low`` (``why`` says why, in the message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}{f' ({why})' if why else ''}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.predict",
                                      description="Classify one video with both trained streams of a run.")
@@ -417,9 +448,10 @@ def main(argv=None) -> int:
     parser.add_argument("--run", default="demo_split1", help="models/<run>/ (default: demo_split1)")
     parser.add_argument("--dataset", help="the run's dataset folder, if models/<run>/run_info.json is missing")
     parser.add_argument("--flow-method", help="optical flow for the clip (default: the run's, TV-L1)")
-    parser.add_argument("--max-frames", type=int, help="only the first N frames (quicker on long clips)")
-    parser.add_argument("--batch-size", type=int, default=32, help="network inputs per forward pass")
-    parser.add_argument("--top", type=int, default=TOP, help="classes shown per stream (default: 5)")
+    parser.add_argument("--max-frames", type=_at_least(2, "a flow needs two frames"),
+                        help="only the first N frames (quicker on long clips; >= 2)")
+    parser.add_argument("--batch-size", type=_at_least(1), default=32, help="network inputs per forward pass")
+    parser.add_argument("--top", type=_at_least(1), default=TOP, help="classes shown per stream (default: 5)")
     parser.add_argument("--out", type=Path, help="picture file (default: report/<run>/predictions/<clip>.png)")
     args = parser.parse_args(argv)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ from matplotlib.ticker import MaxNLocator
 
 from utils import config as config_module
 from utils.config import Config
-from utils.evaluation import PROTOCOLS, STREAMS, Scores, classification_metrics, describe_protocol, \
+from utils.evaluation import PROTOCOLS, STREAMS, Scores, classification_metrics, describe_flow, describe_protocol, \
     fusion_results, per_class_accuracy
+from utils.writers import remove_dead_temporaries
 
 NETWORKS = {  # key in evaluation.fusion_results -> row of the course's table
     "spatial": "Spatial ResNet-50",
@@ -58,9 +60,13 @@ REFERENCE_RESULTS = pd.DataFrame([
 # ----------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------
-def collect_results(cfg: Config) -> dict[str, dict[str, Scores]]:
-    """``{protocol: {network: Scores}}`` for the protocols whose score files exist."""
-    return {protocol: fusion_results(cfg, protocol) for protocol in PROTOCOLS}
+def collect_results(cfg: Config, problems: list[str] | None = None) -> dict[str, dict[str, Scores]]:
+    """``{protocol: {network: Scores}}`` for the protocols whose score files exist and are current.
+
+    Score files made by a checkpoint that has changed since, on frames extracted again, or damaged
+    are left out; the reason for each (``<file>: what is wrong; what to do``) goes to ``problems``.
+    """
+    return {protocol: fusion_results(cfg, protocol, problems) for protocol in PROTOCOLS}
 
 
 def results_table(results: dict[str, dict[str, Scores]]) -> pd.DataFrame:
@@ -79,9 +85,26 @@ def results_table(results: dict[str, dict[str, Scores]]) -> pd.DataFrame:
                 "fusion_weight": scores.meta.get("weight") if key in ("average", "weighted") else None,
                 "stride": _stream_meta(results[protocol], key, "stride"),
                 "checkpoint": _stream_meta(results[protocol], key, "checkpoint"),
+                "checkpoint_sha256": _made_by(results[protocol], key),
+                "flow": "" if key == "spatial" else describe_flow(_temporal_extraction(results[protocol]), short=True),
             })
     return pd.DataFrame(rows, columns=["network", "protocol", "top1", "top5", "mean_class", "n_videos",
-                                       "fusion_weight", "stride", "checkpoint"])
+                                       "fusion_weight", "stride", "checkpoint", "checkpoint_sha256", "flow"])
+
+
+def _temporal_extraction(results: dict[str, Scores]) -> dict | None:
+    """The extraction settings of the frames the temporal scores were computed on (None if unknown)."""
+    return results["temporal"].meta.get("extraction") if "temporal" in results else None
+
+
+def _made_by(results: dict[str, Scores], key: str) -> str:
+    """The first 12 hex digits of the SHA-256 of the checkpoint(s) behind a row ("spatial ... / temporal ...")."""
+    def short(stream):
+        digest = results[stream].meta.get("checkpoint_sha256") if stream in results else None
+        return digest[:12] if digest else "unknown"
+    if key in STREAMS:
+        return short(key)
+    return " / ".join(f"{stream} {short(stream)}" for stream in STREAMS)
 
 
 def top1_grid(table: pd.DataFrame) -> pd.DataFrame:
@@ -160,7 +183,19 @@ def _clips(data: dict | None) -> int | None:
 def load_history(cfg: Config, stream: str) -> pd.DataFrame | None:
     """``models/<run>/<stream>/history.csv`` (Keras CSVLogger format), or None if absent."""
     path = Path(cfg.stream_dir(stream)) / "history.csv"
-    return pd.read_csv(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        history = pd.read_csv(path)
+        why = "no epoch column"
+    except (ValueError, UnicodeDecodeError) as error:      # pandas' ParserError and EmptyDataError are ValueErrors
+        history, why = None, f"{type(error).__name__}: {str(error).strip()}"
+    if history is None or "epoch" not in history:
+        warnings.warn(f"{path}: not a training history ({why}: a damaged file?); the report goes on without "
+                      f"its training curves; delete it (and the run's state.json) to train that stream again",
+                      stacklevel=2)
+        return None
+    return history
 
 
 # ----------------------------------------------------------------------------------------
@@ -388,10 +423,13 @@ def write_figures(cfg: Config, results: dict[str, dict[str, Scores]] | None = No
 # ----------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------
+LEFT_OUT = "**Left out of this table** (NA above):"
+
+
 def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[str, Scores]],
                     settings: dict | None = None, figures: dict[str, Path] | None = None,
-                    figures_prefix: str = "figures/") -> str:
-    """The text of ``results.md``."""
+                    figures_prefix: str = "figures/", problems: list[str] | None = None) -> str:
+    """The text of ``results.md``; ``problems``: the score files left out, and why (under the table)."""
     grid = top1_grid(table)
     any_scores = next((s for res in results.values() for s in res.values()), None)
     n_test = {p: len(next(iter(res.values()))) for p, res in results.items() if res}
@@ -401,14 +439,20 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
     course = pd.DataFrame({"Network": grid.index,
                            **{PROTOCOL_NAMES[p]: [_cell(v) for v in grid[p]] for p in PROTOCOLS}})
     lines += [markdown_table(course), ""]
+    if problems:
+        lines += [LEFT_OUT, *[f"- {problem}" for problem in dict.fromkeys(problems)], ""]
 
     if len(table):
         detail = table.assign(
             protocol=table.protocol.map(PROTOCOL_NAMES),
             top1=table.top1.map(_cell), top5=table.top5.map(_cell), mean_class=table.mean_class.map(_cell),
-            fusion_weight=table.fusion_weight.map(lambda w: "" if w is None or pd.isna(w) else f"{w:.2f}"))
-        detail = detail[["network", "protocol", "top1", "top5", "mean_class", "n_videos", "fusion_weight"]]
-        detail.columns = ["Network", "Protocol", "Top-1", "Top-5", "Mean class", "Test videos", "w (spatial)"]
+            fusion_weight=table.fusion_weight.map(lambda w: "" if w is None or pd.isna(w) else f"{w:.2f}"),
+            checkpoint_sha256=table.checkpoint_sha256.map(lambda h: f"`{h}`"),
+            flow=table.flow.map(lambda f: f or "(RGB only)"))
+        detail = detail[["network", "protocol", "top1", "top5", "mean_class", "n_videos", "fusion_weight",
+                         "checkpoint_sha256", "flow"]]
+        detail.columns = ["Network", "Protocol", "Top-1", "Top-5", "Mean class", "Test videos", "w (spatial)",
+                          "Checkpoint (SHA-256)", "Flow"]
         lines += ["## Top-1, top-5 and mean class accuracy (%)", "", markdown_table(detail), ""]
 
     lines += ["## Settings", ""]
@@ -448,14 +492,16 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
     if initialisation:
         lines.append(f"- spatial stream initialisation: {initialisation}")
     for stream in STREAMS:
-        ckpts = {res[stream].meta.get("checkpoint") for res in results.values() if stream in res}
+        ckpts = {(res[stream].meta.get("checkpoint"), res[stream].meta.get("checkpoint_sha256"))
+                 for res in results.values() if stream in res}
         history = load_history(cfg, stream)
         epochs = f"; the validated run: {len(history)} epochs trained" if history is not None else ""
         if ckpts:
-            described = {c: tested_model(c) for c in ckpts}
+            described = {c: tested_model(c) for c, _ in ckpts}
             lines.append(f"- {stream} model tested: " + "; ".join(
-                f"`{_relative(c)}`" + (f", {described[c]}" if described[c] else "")
-                for c in sorted(ckpts, key=str)) + epochs)
+                f"`{_relative(c)}`" + (f" (SHA-256 `{h}`)" if h else "")
+                + (f", {described[c]}" if described[c] else "")
+                for c, h in sorted(ckpts, key=str)) + epochs)
     for name, value in (settings or {}).items():
         lines.append(f"- {name}: `{value!r}`")
     lines.append("")
@@ -495,17 +541,22 @@ def write_report(cfg: Config, settings: dict | None = None, *, figures: bool = T
     ``settings``: extra settings to list (e.g. the notebook's parameters). Works with whatever
     score files exist (missing cells read NA). Returns the path of ``report/<run>/results.md``.
     """
-    results = collect_results(cfg)
+    problems: list[str] = []
+    results = collect_results(cfg, problems)
+    for problem in dict.fromkeys(problems):
+        print(f"left out of the table: {problem}")
     table = results_table(results)
-    made = write_figures(cfg, results) if figures else {}
     run_dir = Path(cfg.report_dir)
+    remove_dead_temporaries(run_dir)
+    remove_dead_temporaries(run_dir / "figures")
+    made = write_figures(cfg, results) if figures else {}
     md_path, csv_path = run_dir / "results.md", run_dir / "results.csv"
-    _write_text(md_path, report_markdown(cfg, table, results, settings, made))
+    _write_text(md_path, report_markdown(cfg, table, results, settings, made, problems=problems))
     csv = table.assign(dataset=cfg.dataset_name, split=cfg.split)
     _write_text(csv_path, csv.to_csv(index=False))
     if publish:
         top = Path(config_module.REPORT_DIR)
         _write_text(top / "results.md", report_markdown(cfg, table, results, settings, made,
-                                                        figures_prefix=f"{cfg.run_name}/figures/"))
+                                                        figures_prefix=f"{cfg.run_name}/figures/", problems=problems))
         shutil.copyfile(csv_path, top / "results.csv")
     return md_path

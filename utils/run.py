@@ -9,26 +9,37 @@
 Every notebook starts with a parameters cell (tagged ``parameters``); papermill injects the
 values given here after it, as a new cell. Each notebook gets the values of the names its own
 parameters cell defines (``-p workers=4`` reaches every notebook that has ``workers``); a name
-that no notebook defines is reported as a likely typo.
+that no notebook defines is an error (a typo would silently change nothing), and so is a value of
+another type than the parameters cell gives it (its annotation, ``image_size: int = None``, or its
+default's type; None is always accepted), both before any notebook starts.
 ``-p`` values are Python literals (``3``, ``0.5``, ``None``, ``"a b"``, ``[1, 2]``); anything that
 is not a literal is taken as a string.
 
-Executed copies (with outputs) go to ``report/<run>/notebooks/``. The run stops at the first
-notebook that fails, names it and the cell, and exits with status 1.
+Executed copies (with outputs) go to ``report/<run>/notebooks/``, each written under a temporary
+name and renamed when complete (a full disk never leaves an empty one). The run stops at the first
+notebook that fails, names it and the cell, and exits with status 1; Ctrl-C stops it with one line
+(status 130), and the same command resumes. One run per report folder at a time: a second one is
+refused (:mod:`utils.writers`).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import errno
+import logging
+import os
 import re
+import signal
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from utils import config as config_module
-from utils import pretrained
+from utils import pretrained, writers
 from utils.config import Config, default_dataset, dataset_root, BUILTIN_DATASETS
 
 NOTEBOOKS_DIR = config_module.REPO_ROOT / "notebooks"
@@ -132,13 +143,63 @@ def select_notebooks(notebooks: Sequence[Path], only: str | None = None,
 
 def notebook_parameters(notebooks: Iterable[Path]) -> dict[str, set[str]]:
     """``{parameter name: {notebooks defining it}}`` from the notebooks' parameters cells."""
+    return {name: set(spec["notebooks"]) for name, spec in parameter_specs(notebooks).items()}
+
+
+def parameter_specs(notebooks: Iterable[Path]) -> dict[str, dict]:
+    """``{name: {"notebooks": [...], "types": {notebook: type}, "defaults": {notebook: text}}}`` from the
+    parameters cells (papermill's reading of them).
+
+    A parameter's type is its annotation (``image_size: int = None``) or the type of its default
+    value (``split = 1``: int); a parameter whose default is None and that has no annotation has none.
+    """
     import papermill
 
-    defined: dict[str, set[str]] = {}
+    specs: dict[str, dict] = {}
     for path in notebooks:
-        for name in papermill.inspect_notebook(str(path)):
-            defined.setdefault(name, set()).add(path.name)
-    return defined
+        for name, info in papermill.inspect_notebook(str(path)).items():
+            spec = specs.setdefault(name, {"notebooks": [], "types": {}, "defaults": {}})
+            spec["notebooks"].append(path.name)
+            spec["defaults"][path.name] = info.get("default")
+            annotated = info.get("inferred_type_name")
+            if annotated and annotated != "None":
+                spec["types"][path.name] = annotated
+                continue
+            try:
+                default = ast.literal_eval(str(info.get("default")))
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue          # not a literal: no type to check against
+            if default is not None:
+                spec["types"][path.name] = type(default).__name__
+    return specs
+
+
+_ACCEPTS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+            "list": (list, tuple), "tuple": (list, tuple), "dict": (dict,)}
+
+
+def wrong_types(parameters: dict, specs: dict[str, dict]) -> list[str]:
+    """One line per ``-p`` value whose type is not the one its notebooks' parameters cells declare.
+
+    None is always accepted (it means "the preset" in these notebooks); an int is a float; True
+    and False are not numbers here.
+    """
+    problems = []
+    for name, value in parameters.items():
+        if value is None or name not in specs:
+            continue
+        for notebook, declared in specs[name]["types"].items():
+            accepted = _ACCEPTS.get(declared)
+            if accepted is None:
+                continue
+            ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
+            if not ok:
+                article = "an" if declared[0] in "aeiou" else "a"
+                problems.append(f"-p {name}={value!r}: {notebook} expects {article} {declared} for {name} (its "
+                                f"parameters cell; None also works), got {type(value).__name__}; give {article} "
+                                f"{declared}" + (" (text needs no quotes: -p name=text)" if declared == "str" else ""))
+                break
+    return problems
 
 
 def unknown_parameters(parameters: dict, notebooks: Iterable[Path]) -> list[str]:
@@ -236,23 +297,108 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, kernel_name: st
 
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    tmp = output.with_name(f".{output.stem}.tmp-{os.getpid()}.ipynb")   # renamed to ``output`` once readable
+    kernel_stderr = tempfile.TemporaryFile()
+    interrupted = False
     try:
-        papermill.execute_notebook(str(notebook), str(output), parameters=parameters,
+        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters,
                                    kernel_name=kernel_name, cwd=str(notebook.parent),
                                    progress_bar=False, log_output=log_output,
                                    stdout_file=sys.stdout if log_output else None,
                                    stderr_file=sys.stderr if log_output else None,
                                    # no "Kernel is running over TCP without encryption" per notebook
-                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                                   kernel_manager_class=_kernel_manager(kernel_stderr))
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     except PapermillExecutionError as error:
+        if error.ename == "KeyboardInterrupt":      # Ctrl-C reached the kernel too
+            interrupted = True
+            raise KeyboardInterrupt from None
         source = (error.source or "").strip().splitlines()
         first_line = source[0] if source else ""
         raise NotebookFailed(notebook, output,
                              f"cell {error.cell_index} (execution count {error.exec_count}, starts "
                              f"{first_line!r}): {error.ename}: {error.evalue}") from None
+    except OSError as error:  # the executed copy cannot be written: a full disk, a read-only folder
+        raise OutputNotWritable(f"{output}: cannot be written ({error.strerror or error}); "
+                                f"{_write_advice(error.errno)}, then run the same command "
+                                f"again (what the notebooks finished is kept)") from None
     except Exception as error:  # kernel died, timeout, unreadable notebook, ...
         raise NotebookFailed(notebook, output, f"{type(error).__name__}: {error}") from error
+    finally:
+        _keep_if_readable(tmp, output)
+        _pass_on(kernel_stderr, not interrupted)
     return time.perf_counter() - started
+
+
+def _kernel_manager(stderr):
+    """A Jupyter kernel manager whose kernel writes its own error output (C++ libraries, FFmpeg, and the
+    kernel's log) to ``stderr``, a file: passed on after the notebook (:func:`_pass_on`), dropped after
+    Ctrl-C, when the kernel, shut down mid-cell, logs a traceback that means nothing to the user."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw.setdefault("stderr", stderr)
+            return await super().start_kernel(**kw)
+
+    return KernelManager
+
+
+def _pass_on(stderr, show: bool) -> None:
+    """Copy what a kernel wrote to its error output to this process's, then close the file."""
+    try:
+        if show:
+            stderr.seek(0)
+            text = stderr.read().decode("utf-8", "replace")
+            if text.strip():
+                sys.stderr.write(text if text.endswith("\n") else text + "\n")
+                sys.stderr.flush()
+    finally:
+        stderr.close()
+
+
+class OutputNotWritable(RuntimeError):
+    """An executed notebook or the report cannot be written (full disk, read-only folder); the message names it."""
+
+
+def _write_advice(code: int | None, option: str | None = None) -> str:
+    """What to do about an error ``code`` when writing into a folder (``option``: how to give another one)."""
+    elsewhere = f" or give {option} another folder" if option else ""
+    return {errno.ENOSPC: "free some space on that disk", errno.EDQUOT: "free some space (disk quota)",
+            errno.EACCES: f"it is not writable for you: fix its permissions{elsewhere}",
+            errno.EPERM: f"it is not writable for you: fix its permissions{elsewhere}",
+            errno.EROFS: f"it is on a read-only file system{': give ' + option + ' another folder' if option else ''}",
+            }.get(code, f"check that folder{elsewhere}")
+
+
+def _keep_if_readable(tmp: Path, output: Path) -> None:
+    """Rename a complete executed notebook into place; delete it when it is empty or cut short (a full
+    disk), so ``output`` is never a file that the next run's messages point at and cannot be opened."""
+    import nbformat
+
+    if not tmp.exists():
+        return
+    try:
+        nbformat.read(tmp, as_version=4)
+        os.replace(tmp, output)
+    except Exception:  # noqa: BLE001 - any unreadable file is removed
+        tmp.unlink(missing_ok=True)
+
+
+def check_output_folder(folder: Path, option: str | None = None) -> None:
+    """``OutputNotWritable`` naming ``folder`` unless it is, or can be, a writable folder (``option``: the
+    command-line option that gives another one, if there is one)."""
+    try:
+        writers.check_writable(folder)
+    except writers.FolderNotWritable as error:
+        if error.errno == errno.ENOTDIR:
+            advice = f"give {option} a folder" if option else "remove it or move it away"
+        else:
+            advice = _write_advice(error.errno, option)
+        raise OutputNotWritable(f"{error}; {advice}") from None
 
 
 def run_all(notebooks: Sequence[Path], parameters: dict, output_dir: Path,
@@ -282,17 +428,45 @@ def _duration(seconds: float) -> str:
 
 
 def _course_table(results_md: Path) -> str:
-    """The first markdown table of a results.md (the course's table)."""
-    table = []
-    for line in results_md.read_text(encoding="utf-8").splitlines():
-        if line.startswith("|"):
-            table.append(line)
-        elif table:
-            break
-    return "\n".join(table)
+    """The first markdown table of a results.md (the course's table), and the list of score files
+    left out of it, when there is one (:data:`utils.report.LEFT_OUT`)."""
+    from utils.report import LEFT_OUT
+
+    lines = results_md.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    shown = lines[start:end]
+    rest = [line for line in lines[end:end + 2] if line.strip()]
+    if rest and rest[0] == LEFT_OUT:
+        notes = lines[lines.index(LEFT_OUT, end):]
+        shown += ["", *notes[:next((k for k, line in enumerate(notes) if not line.strip()), len(notes))]]
+    return "\n".join(shown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; exit status 0 done, 1 a notebook failed, 2 bad usage or an unusable folder,
+    130 interrupted (Ctrl-C: one line, no traceback; the next run resumes)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(signum, frame):
+    """Ctrl-C: from now on the shutting-down kernel client logs nothing ("Kernel died ...", asyncio's
+    "Task exception was never retrieved"): the one line printed by :func:`main` says what happened."""
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         all_notebooks = find_notebooks(args.notebooks_dir)
@@ -301,17 +475,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    defined = notebook_parameters(all_notebooks)
+    specs = parameter_specs(all_notebooks)
+    defined = {name: set(spec["notebooks"]) for name, spec in specs.items()}
+    unknown = sorted(name for name in parameters if name not in defined)
+    if unknown:
+        close = {name: difflib.get_close_matches(name, defined, n=1) for name in unknown}
+        hints = "; ".join(f"{name}: did you mean {match[0]}?" for name, match in close.items() if match)
+        print(f"error: no notebook's parameters cell defines {', '.join(unknown)}"
+              + (f" ({hints})" if hints else "") + f"; the parameters are: {', '.join(sorted(defined))} "
+              f"(`python -m utils.run --list` shows them per notebook)", file=sys.stderr)
+        return 2
+    problems = wrong_types(parameters, specs)
+    if problems:
+        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
+        return 2
     if args.list:
         for notebook in all_notebooks:
             names = sorted(n for n, where in defined.items() if notebook.name in where)
             print(f"{notebook.name}: {', '.join(names)}")
         return 0
 
-    unknown = sorted(name for name in parameters if name not in defined)
-    if unknown:
-        print(f"warning: no notebook's parameters cell defines {unknown}; check the spelling "
-              f"(`python -m utils.run --list` shows them)", file=sys.stderr)
     cfg = Config(dataset=parameters["dataset"], split=int(parameters["split"]))
     if uses_imagenet_weights(notebooks, parameters):
         try:   # before any notebook starts: the demo falls back to a from-scratch backbone, HMDB51 stops
@@ -321,11 +504,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     output_dir = args.output_dir or Path(cfg.report_dir) / "notebooks"
+    locks = []
+    try:
+        check_output_folder(output_dir, "--output-dir")
+        check_output_folder(Path(cfg.report_dir))
+        # one run per report folder: a second one is refused until this one ends (or is killed)
+        for folder in dict.fromkeys([Path(cfg.report_dir), output_dir]):
+            locks.append(writers.hold(folder, "run of the notebooks"))
+    except (OutputNotWritable, writers.FolderBusy) as error:
+        for lock in locks:
+            lock.release()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        return _run_and_report(args, cfg, notebooks, parameters, output_dir, defined)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_and_report(args, cfg: Config, notebooks: Sequence[Path], parameters: dict, output_dir: Path,
+                    defined: dict[str, set[str]]) -> int:
+    """Run the notebooks and print the table: what :func:`main` does once the folders are its own."""
     print(f"dataset {cfg.dataset_name} ({cfg.data_root}), split {cfg.split}; "
           f"{len(notebooks)} notebook(s) -> {output_dir}")
     shown = {k: v for k, v in parameters.items() if k not in ("dataset", "split")}
     if shown:
         print(f"parameters: {shown}")
+    writers.remove_dead_temporaries(output_dir)      # executed copies of a killed run
     try:
         check_kernel(args.kernel)
         started, started_wall = time.perf_counter(), time.time()

@@ -72,7 +72,10 @@ JAX backend) - call it *before* building the model.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -87,7 +90,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from utils import generators, models
+from utils import generators, memory, models, writers
 
 HISTORY_FILE = "history.csv"
 STATE_FILE = "state.json"
@@ -498,15 +501,32 @@ def read_state(out_dir) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it to start the run over") from error
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); delete it to start the run over "
+                         f"(or -p resume=False)") from error
+    done = state.get("epochs_done") if isinstance(state, dict) else None
+    if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+        raise ValueError(f"{path}: not the state of a training run (no whole number epochs_done in it: a damaged "
+                         f"file?); delete it to start the run over (or -p resume=False)")
+    return state
 
 
 def read_history(out_dir) -> pd.DataFrame:
     """``history.csv`` of a training folder (empty DataFrame if there is none)."""
     path = Path(out_dir) / HISTORY_FILE
-    return pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
+    if not path.is_file() or not path.stat().st_size:
+        return pd.DataFrame()
+    try:
+        history = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as error:      # pandas' ParserError is a ValueError
+        history, why = None, f"{type(error).__name__}: {str(error).strip()}"
+    else:
+        why = "no epoch column"
+    if history is None or "epoch" not in history:
+        raise ValueError(f"{path}: not a training history ({why}: a damaged file?); delete it and the run's "
+                         f"state.json to start the run over (or -p resume=False)")
+    return history
 
 
 def _trim_history(out_dir: Path, epochs_done: int) -> pd.DataFrame:
@@ -802,6 +822,7 @@ def _fit(model, train_ds, val_ds, *, initial_epoch: int, epochs: int, callbacks,
     if keras.distribution.distribution() is not None:   # DataParallel: every batch must split evenly
         generators.even_batches(train_ds, val_ds)
     build_optimizer(model)
+    memory.check_training_fits(model, train_ds, batch_size)   # before the first step, not an OOM kill in it
     if isinstance(train_ds, tuple):
         x, y = _whole_batches(train_ds, batch_size)
         val_ds = _whole_batches(val_ds, batch_size) if isinstance(val_ds, tuple) else val_ds
@@ -839,6 +860,34 @@ def _start(out_dir, resume: bool, settings: dict) -> tuple[Path, dict | None]:
     return out_dir, None
 
 
+class DiskFull(OSError):
+    """The disk of a training folder filled up; the message names the folder and the file being written."""
+
+
+def _one_run(what: str):
+    """Decorator of the training functions: one run per ``out_dir`` at a time (:mod:`utils.writers`; a
+    second one is refused), and a full disk named, its temporary checkpoints removed at once."""
+    def decorate(train):
+        signature = inspect.signature(train)
+
+        @functools.wraps(train)
+        def guarded(*args, **kwargs):
+            out_dir = Path(signature.bind(*args, **kwargs).arguments["out_dir"])
+            with writers.one_writer(out_dir, what):
+                try:
+                    return train(*args, **kwargs)
+                except OSError as error:
+                    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    for tmp in _temporary_files(out_dir):
+                        tmp.unlink(missing_ok=True)
+                    raise DiskFull(f"{error.filename or out_dir}: {error.strerror} while training into {out_dir}; "
+                                   f"free some space, then run again: training resumes after the last finished "
+                                   f"epoch ({LAST_FILE})") from None
+        return guarded
+    return decorate
+
+
 def _check_validation(val_ds, patience) -> None:
     if val_ds is None and patience is not None:
         raise ValueError("early stopping needs val_ds; a final fit without validation (see refit_epochs) "
@@ -848,6 +897,7 @@ def _check_validation(val_ds, patience) -> None:
 # ----------------------------------------------------------------------------------------
 # Temporal stream: one phase, from scratch
 # ----------------------------------------------------------------------------------------
+@_one_run("training run of the temporal stream")
 def train_temporal(model, train_ds, val_ds, out_dir, epochs: int, learning_rate: float = 0.01, *,
                    optimizer: str = "sgd", weight_decay: float = 5e-4, patience: int | None = 10,
                    resume: bool = True, warm_restart: bool = False, seed: int | None = 0,
@@ -921,6 +971,7 @@ def _given_segments(schedule: list[dict], phase: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------
 # Spatial stream: warm-up of the head, then fine-tuning of the backbone
 # ----------------------------------------------------------------------------------------
+@_one_run("training run of the spatial stream")
 def train_spatial(model, train_ds, val_ds, out_dir, warmup_epochs: int = 2, finetune_epochs: int = 10,
                   head_learning_rate: float = 0.01, finetune_learning_rate: float = 0.001,
                   unfreeze_from: str = "conv1", *, train_batchnorm: bool = False, optimizer: str = "sgd",
