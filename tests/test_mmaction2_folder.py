@@ -299,11 +299,12 @@ def test_quick_means_the_same_settings_on_every_dataset():
             warmup_epochs=q["warmup_epochs"], finetune_epochs=q["finetune_epochs"],
             head_learning_rate=q["head_learning_rate"], finetune_learning_rate=q["finetune_learning_rate"],
             unfreeze_from=q["unfreeze_from"], dropout=q["spatial_dropout"], optimizer=q["spatial_optimizer"],
-            label_smoothing=q["label_smoothing"])
+            label_smoothing=q["label_smoothing"], refit=q["refit"])
         temporal = training.default_settings(
             "temporal", name, image_size=q["image_size"], batch_size=q["temporal_batch_size"],
             stacks_per_video=q["stacks_per_video"], epochs=q["temporal_epochs"], width=q["temporal_width"],
-            dropout=q["temporal_dropout"], learning_rate=q["temporal_learning_rate"], optimizer=q["temporal_optimizer"])
+            dropout=q["temporal_dropout"], learning_rate=q["temporal_learning_rate"], optimizer=q["temporal_optimizer"],
+            refit=q["refit"])
         for settings in (spatial, temporal):
             settings.pop("crop_scales")       # the demo's squares need their own crops; costs nothing
         return spatial, temporal, evaluation.whole_video_settings(name, segments=q["whole_video_segments"],

@@ -499,8 +499,8 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
         if ckpts:
             described = {c: tested_model(c) for c, _ in ckpts}
             lines.append(f"- {stream} model tested: " + "; ".join(
-                f"`{_relative(c)}`" + (f" (SHA-256 `{h}`)" if h else "")
-                + (f", {described[c]}" if described[c] else "")
+                f"`{_relative(c)}`" + (f", {described[c]}" if described[c] else "")
+                + (f" (SHA-256 `{h}`)" if h else "")
                 for c, h in sorted(ckpts, key=str)) + epochs)
     for name, value in (settings or {}).items():
         lines.append(f"- {name}: `{value!r}`")

@@ -64,6 +64,7 @@ QUICK: dict[str, object] = {
     "temporal_dropout": 0.5, "temporal_learning_rate": 0.01, "temporal_optimizer": "sgd",   # 03: the demo's
     "whole_video_segments": 5, # 05: 5 equally spaced frames / stacks per clip in the whole-video protocol
     "test_crops": 1,           # 05: the centre crop only (the GPU preset: 10)
+    "refit": False,            # 02, 03: no final fit on all training clips (the demo's single run)
 }
 """The ``--quick`` preset (CI, a first try on any dataset): the same small settings on every dataset,
 whether ``--dataset`` is the demo, HMDB51 or a path, so that a run exercises every notebook end to
