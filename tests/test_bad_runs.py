@@ -427,8 +427,9 @@ def test_12_ctrl_c_during_a_run_prints_one_line(notebooks, tmp_path):
     write_notebook(notebooks / "00_a.ipynb", "dataset = 'x'\nsplit = 1",
                    "from pathlib import Path\nPath('started').write_text('')\nimport time\ntime.sleep(300)")
     command = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(REPO_ROOT)!r})
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a terminal's Ctrl-C, even where this
+        sys.path.insert(0, {str(REPO_ROOT)!r})                     # test runs in the background (SIGINT ignored)
         from pathlib import Path
         from utils import config, run
         config.REPORT_DIR = Path({str(tmp_path / "report")!r})      # not the repository's report/
