@@ -40,8 +40,10 @@ LEARNED_DEFAULTS: dict[str, Any] = dict(
     learning_rate=1e-3,   # Adam
     seed=0,
 )
-"""Settings of the learned fusion (``fuse(..., fusion="learned", **options)`` overrides them). No early
-stopping: there are no videos left to stop on (the validation videos are its training set)."""
+"""Settings of the learned fusion (``fuse(..., fusion="learned", **options)`` overrides them). No paper gives
+a recipe for such a network (the earlier project's FuseNet was not published; the two-stream paper's SVM is
+linear, ``hidden=0`` here): small and regularised, for a few hundred validation videos. No early stopping:
+there are no videos left to stop on (the validation videos are its training set)."""
 
 
 def fused_scores_name(fusion: str) -> str:
