@@ -181,3 +181,35 @@ def test_c3d_learns_colour_and_direction_from_clips_alone():
     predicted = np.asarray(model.predict(x_test, verbose=0)).argmax(axis=1)
     assert (predicted // 2 == y_test // 2).mean() >= 0.9          # colour
     assert (predicted % 2 == y_test % 2).mean() >= 0.9            # direction: up or down
+
+
+def test_evaluate_clips_scores_every_test_video_reuses_its_file_and_refuses_the_other_modality(tmp_path, monkeypatch):
+    from utils import config as config_module
+    from utils.config import Config
+
+    monkeypatch.setattr(config_module, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(config_module, "REPORT_DIR", tmp_path / "report")
+    root = tmp_path / "tinyset"
+    rows = []
+    for k, (cls, subset) in enumerate([("clap", "test"), ("wave", "test"), ("wave", "val")]):
+        write_video(root / "rawframes" / cls / f"{cls}_{k}")
+        rows.append({"video": f"{cls}_{k}", "class_name": cls, "label": ["clap", "wave"].index(cls), "subset": subset,
+                     "frames_path": root / "rawframes" / cls / f"{cls}_{k}", "n_frames": N_FRAMES,
+                     "n_flows": N_FRAMES - 1})
+    cfg, index = Config(dataset=str(root)), pd.DataFrame(rows)
+    model = c3d.build_c3d_model(2, T, SIZE, "rgb", width=0.125)
+    path = cfg.stream_dir("c3d_rgb") / "best.keras"
+    path.parent.mkdir(parents=True)
+    model.save(path)
+    scores = ev.evaluate_clips(cfg, "c3d_rgb", "rgb", "whole_video", clip_length=T, index=index, progress=False)
+    assert list(scores.video) == ["clap_0", "wave_1"] and list(scores.n_inputs) == [N_FRAMES - 1 - T + 1] * 2
+    np.testing.assert_allclose(scores.scores.sum(axis=1), 1.0, rtol=1e-5)
+    saved = ev.scores_path(cfg, "c3d_rgb", "whole_video")
+    assert saved.is_file() and scores.meta["clip_length"] == T and scores.meta["modality"] == "rgb"
+    stamp = saved.stat().st_mtime_ns
+    again = ev.evaluate_clips(cfg, "c3d_rgb", "rgb", "whole_video", clip_length=T, index=index, progress=False)
+    assert saved.stat().st_mtime_ns == stamp and np.array_equal(again.scores, scores.scores)   # read back
+    one = ev.evaluate_clips(cfg, "c3d_rgb", "rgb", "one_frame", "val", clip_length=T, index=index, progress=False)
+    assert list(one.video) == ["wave_2"] and list(one.n_inputs) == [1]
+    with pytest.raises(ValueError, match=r"best\.keras takes clips with 3 channels"):
+        ev.evaluate_clips(cfg, "c3d_rgb", "flow", "one_frame", clip_length=T, index=index, progress=False)

@@ -561,14 +561,8 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     _check_choice("protocol", protocol, PROTOCOLS)
     protocol_id = protocol_settings(protocol, stride=stride, segments=segments, crops=crops)
     ckpt = checkpoint_path(cfg, stream, checkpoint)
-    if model is None:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"no checkpoint {ckpt}; train the {stream} stream first")
-        info = ckpt.stat()
-        ckpt_id = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": info.st_mtime_ns, "checkpoint_bytes": info.st_size}
-    else:
-        ckpt_id = {"checkpoint": "<model given in memory>"}
-        force = True  # an in-memory model cannot be matched against a saved file
+    ckpt_id = _checkpoint_identity(ckpt, model, f"train the {stream} stream first")
+    force = force or model is not None   # an in-memory model cannot be matched against a saved file
 
     if index is None:
         from utils.dataset import build_index
@@ -604,6 +598,17 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
                             image_size=image_size, stack_length=stack_length, stride=protocol_id["stride"],
                             segments=protocol_id["segments"], crops=crops, batch_size=batch_size, loader=loader,
                             save_every=save_every, progress=progress)
+
+
+def _checkpoint_identity(ckpt: Path, model, remedy: str) -> dict:
+    """What identifies the scored model in a score file: the checkpoint's path, time and size (an error
+    with ``remedy`` if it is missing), or a placeholder for a model given in memory."""
+    if model is not None:
+        return {"checkpoint": "<model given in memory>"}
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint {ckpt}; {remedy}")
+    info = ckpt.stat()
+    return {"checkpoint": str(ckpt), "checkpoint_mtime_ns": info.st_mtime_ns, "checkpoint_bytes": info.st_size}
 
 
 def _saved_scores(out: Path, settings: dict, rows: pd.DataFrame, force: bool) -> tuple[Scores | None, Scores | None]:
@@ -810,15 +815,11 @@ def evaluate_clips(cfg: Config, name: str, modality: str, protocol: str, subset:
     _check_choice("protocol", protocol, PROTOCOLS)
     protocol_id = protocol_settings(protocol, stride=stride, segments=segments, crops=crops)
     ckpt = checkpoint_path(cfg, name, checkpoint)
+    ckpt_id = _checkpoint_identity(ckpt, model, "train the 3D network first (notebook 07)")
+    force = force or model is not None
     if model is None:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"no checkpoint {ckpt}; train the 3D network first (notebook 07)")
-        info = ckpt.stat()
-        ckpt_id = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": info.st_mtime_ns, "checkpoint_bytes": info.st_size}
         check_clip_input(checkpoint_batch_shape(ckpt), modality, clip_length, ckpt)
     else:
-        ckpt_id = {"checkpoint": "<model given in memory>"}
-        force = True
         check_clip_input(getattr(model, "input_shape", None), modality, clip_length, "the model given")
     if index is None:
         from utils.dataset import build_index
