@@ -1,4 +1,5 @@
-"""End to end: `python -m utils.run --dataset demo --quick` runs notebooks 00-05 and fills the table.
+"""End to end: `python -m utils.run --dataset demo --quick --experiments` runs notebooks 00-05, then the
+experiments (06 when it exists, 07, 08), and fills both tables.
 
 Runs in a copy of the repository (utils/ and notebooks/ only) under a temporary folder, so the
 demo data, checkpoints and report it makes never touch the working tree's data/, models/, report/.
@@ -51,10 +52,10 @@ def test_quick_run_of_all_notebooks_fills_the_table(tmp_path):
         shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=ignore)
     env = {**os.environ, "PYTHONPATH": str(repo)}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)   # as in a user's shell: utils/ must quiet TensorFlow itself
-    done = subprocess.run([sys.executable, "-m", "utils.run", "--dataset", "demo", "--quick"], cwd=repo,
-                          env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, "-m", "utils.run", "--dataset", "demo", "--quick", "--experiments"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
-    for name in ("00", "01", "02", "03", "04", "05"):
+    for name in ("00", "01", "02", "03", "04", "05", "07", "08"):
         assert list((repo / "report" / "demo_split1" / "notebooks").glob(f"{name}_*.ipynb")), name
 
     results_md = repo / "report" / "demo_split1" / "results.md"
@@ -74,6 +75,40 @@ def test_quick_run_of_all_notebooks_fills_the_table(tmp_path):
     check_readings(executed, repo / "report" / "demo_split1" / "scores")
     check_epoch_lines(executed, repo / "models" / "demo_split1")
     check_saved_outputs(executed)
+    check_experiments(repo, results_md.read_text(), done.stdout)
+
+
+def check_experiments(repo: Path, results_md: str, stdout: str) -> None:
+    """The experiments' table is printed and filled from this run's own score files: the 3D CNN on RGB clips
+    over the whole test split, seeing the colour (which the temporal stream cannot); the learned fusion fitted
+    on exactly the validation videos, none of them a test video. Rows of experiments not run say so."""
+    from utils.demo_data import factor_accuracy
+    from utils.evaluation import load_scores
+    from utils.fusion import videos_fingerprint
+    from utils.report import EXPERIMENTS_HEADING, NOT_RUN
+
+    scores_dir = repo / "report" / "demo_split1" / "scores"
+    section = results_md.split(EXPERIMENTS_HEADING, 1)[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+            for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Experiment")}
+    assert EXPERIMENTS_HEADING in stdout and "| 3D CNN on RGB clips" in stdout
+    for name in ("3D CNN on RGB clips (C3D-style, from scratch)", "Fusion (learned on validation scores)"):
+        assert all(re.fullmatch(r"\d+(\.\d)?", v) for v in rows[name][:2]) and rows[name][2] == "36", rows[name]
+    assert rows["3D CNN on flow volumes (C3D-style, from scratch)"][:2] == [NOT_RUN, NOT_RUN]   # not asked for
+    if not list((repo / "notebooks").glob("06_*.ipynb")):
+        assert "no notebook 06_" in stdout
+        assert all(cells[:2] == [NOT_RUN, NOT_RUN] for name, cells in rows.items() if "SG3I" in name), rows
+    for protocol in ("one_frame", "whole_video"):
+        spatial = load_scores(scores_dir / f"spatial_{protocol}.npz")
+        c3d = load_scores(scores_dir / f"c3d_rgb_{protocol}.npz")
+        assert list(c3d.video) == list(spatial.video)                            # the same 36 test clips
+        # 4 quick epochs give the colour; the motion comes later (epoch 16 of the demo preset, notebook 07)
+        assert factor_accuracy(c3d.class_names, c3d.label, c3d.predicted)["colour"] >= 0.8, protocol
+        learned, val = load_scores(scores_dir / f"fusion_learned_{protocol}.npz"), load_scores(
+            scores_dir / f"spatial_{protocol}_val.npz")
+        assert list(learned.video) == list(spatial.video) and learned.meta["fusion"] == "learned"
+        assert learned.meta["n_val"] == len(val) and learned.meta["fitted_on"] == videos_fingerprint(val.video)
+        assert not set(val.video) & set(spatial.video)                           # never fitted on a test video
 
 
 def check_each_stream_learned_its_factor(scores_dir: Path) -> None:

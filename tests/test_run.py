@@ -116,8 +116,32 @@ def test_failing_notebook_is_named_and_run_stops(tmp_path, capsys, monkeypatch):
 def test_quick_preset_names_are_notebook_parameters():
     """Every --quick name must be defined by some notebook (else it silently does nothing)."""
     notebooks = run.find_notebooks(run.NOTEBOOKS_DIR)
-    assert [p.name[:2] for p in notebooks] == ["00", "01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in run.run_set(notebooks)[0]] == ["00", "01", "02", "03", "04", "05"]
+    assert {p.name[:2] for p in notebooks} <= set(run.COURSE + run.EXPERIMENTS)
+    assert {"07", "08"} <= {p.name[:2] for p in notebooks}
     assert run.unknown_parameters(run.QUICK, notebooks) == []
+
+
+def test_experiments_run_after_the_course_and_a_missing_one_is_named(tmp_path, monkeypatch, capsys):
+    for name in ("00_a", "01_b", "02_c", "03_d", "04_e", "05_f", "07_g", "08_h", "09_draft"):
+        write_notebook(tmp_path / f"{name}.ipynb", "dataset = 'x'\nsplit = 1")
+    found = run.find_notebooks(tmp_path)
+    course, absent = run.run_set(found)
+    assert [p.name[:2] for p in course] == list(run.COURSE) and absent == []      # command 1: 00-05 only
+    wider, absent = run.run_set(found, experiments=True)
+    assert [p.name[:2] for p in wider] == [*run.COURSE, "07", "08"] and absent == ["06"]
+    assert [p.name[:2] for p in run.select_notebooks(wider, start="04")] == ["04", "05", "07", "08"]
+
+    ran = []
+    monkeypatch.setattr(run, "check_kernel", lambda kernel: None)
+    monkeypatch.setattr(run, "run_all", lambda notebooks, *a, **k: ran.append([p.name[:2] for p in notebooks]) or [])
+    for argv, expected in (([], list(run.COURSE)), (["--experiments"], [*run.COURSE, "07", "08"]),
+                           (["--only", "07"], ["07"])):
+        assert run.main(["--notebooks-dir", str(tmp_path), "--output-dir", str(tmp_path / "out"),
+                         "--dataset", "demo", *argv]) == 0
+        assert ran[-1] == expected, argv
+        out = capsys.readouterr().out
+        assert ("no notebook 06_*.ipynb" in out) == (argv == ["--experiments"]), out
 
 
 def test_every_parameter_line_parses():

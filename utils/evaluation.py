@@ -556,14 +556,8 @@ def load_stream_model(path: str | os.PathLike, stream: str | None = None):
 def checkpoint_input_shape(path: str | os.PathLike) -> tuple | None:
     """The input shape ``(None, H, W, C)`` stored in a ``.keras`` archive, read without building
     the model; None when the file is not such an archive or has no single input layer."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-        shapes = [layer["config"]["batch_shape"] for layer in config["config"]["layers"]
-                  if layer.get("class_name") == "InputLayer"]
-    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
-        return None
-    return tuple(shapes[0]) if len(shapes) == 1 and len(shapes[0]) == 4 else None
+    shape = checkpoint_batch_shape(path)
+    return shape if shape is not None and len(shape) == 4 else None
 
 
 def check_stream_input(shape, stream: str, source) -> None:
@@ -607,7 +601,7 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     The model comes from ``checkpoint`` (``"best"``, ``"last"`` or a path) unless ``model`` is
     given. ``stride`` / ``segments`` choose the whole-video inputs (:func:`input_positions`),
     ``crops`` the crops per input (1: centre; 10: the paper's). An existing score file is reused
-    only if it was made from the same checkpoint file (path, size, time), the same extraction
+    only if it was made from the same checkpoint file (path and SHA-256), the same extraction
     (flow method, frame size, ...), the same stack length, protocol, crops and videos
     (``force=True`` recomputes); an interrupted run resumes from its last saved progress.
     """
@@ -615,13 +609,8 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     _check_choice("protocol", protocol, PROTOCOLS)
     protocol_id = protocol_settings(protocol, stride=stride, segments=segments, crops=crops)
     ckpt = checkpoint_path(cfg, stream, checkpoint)
-    if model is None:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"no checkpoint {ckpt}; train the {stream} stream first")
-        ckpt_id = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt)}
-    else:
-        ckpt_id = {"checkpoint": "<model given in memory>"}
-        force = True  # an in-memory model cannot be matched against a saved file
+    ckpt_id = _checkpoint_identity(ckpt, model, f"train the {stream} stream first")
+    force = force or model is not None   # an in-memory model cannot be matched against a saved file
 
     if index is None:
         from utils.dataset import build_index
@@ -643,16 +632,9 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
                 "excluded": rows.attrs.get("excluded", {}), "extraction": extraction, **ckpt_id}
     settings = json.loads(json.dumps(settings, default=str))        # as stored (tuples become lists)
     out = scores_path(cfg, stream, protocol, subset)
-    partial = out.with_name(out.stem + ".partial.npz")
-    videos = rows["video"].astype(str).to_numpy()
-    for removed in remove_dead_temporaries(out.parent):
-        print(f"removed {removed}: an unfinished score file of an interrupted run")
-
-    if not force and out.is_file():
-        done = _load_if_matching(out, settings, videos)
-        if done is not None and len(done) == len(videos):
-            return done
-    previous = None if force or not partial.is_file() else _load_if_matching(partial, settings, videos)
+    done, previous = _saved_scores(out, settings, rows, force)
+    if done is not None:
+        return done
 
     if model is None:
         model = load_stream_model(ckpt)
@@ -663,7 +645,43 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
                          f"(`-p stack_length={model_stack_length}`) so that the one-frame RGB input sits at "
                          f"the start of the temporal stack")
     settings.update(image_size=image_size, flow_method=(settings["extraction"] or {}).get("method"))
+    return _score_in_chunks(model, rows, classes, settings, out, previous, stream, protocol,
+                            image_size=image_size, stack_length=stack_length, stride=protocol_id["stride"],
+                            segments=protocol_id["segments"], crops=crops, batch_size=batch_size, loader=loader,
+                            save_every=save_every, progress=progress)
 
+
+def _checkpoint_identity(ckpt: Path, model, remedy: str) -> dict:
+    """What identifies the scored model in a score file: the checkpoint's path and content hash (an error
+    with ``remedy`` if it is missing), or a placeholder for a model given in memory."""
+    if model is not None:
+        return {"checkpoint": "<model given in memory>"}
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint {ckpt}; {remedy}")
+    return {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt)}
+
+
+def _saved_scores(out: Path, settings: dict, rows: pd.DataFrame, force: bool) -> tuple[Scores | None, Scores | None]:
+    """``(finished, partial)``: the score file ``out`` if it was made with ``settings`` for all ``rows``, and
+    else the saved progress of an interrupted run with the same settings (each None when there is none)."""
+    videos = rows["video"].astype(str).to_numpy()
+    for removed in remove_dead_temporaries(out.parent):
+        print(f"removed {removed}: an unfinished score file of an interrupted run")
+    if not force and out.is_file():
+        done = _load_if_matching(out, settings, videos)
+        if done is not None and len(done) == len(videos):
+            return done, None
+    partial = out.with_name(out.stem + ".partial.npz")
+    return None, (None if force or not partial.is_file() else _load_if_matching(partial, settings, videos))
+
+
+def _score_in_chunks(model, rows: pd.DataFrame, classes: list[str], settings: dict, out: Path,
+                     previous: Scores | None, stream: str, protocol: str, *, save_every: int, progress: bool,
+                     **scoring) -> Scores:
+    """:func:`score_videos` over ``rows`` from where ``previous`` stopped, ``save_every`` videos at a time
+    (progress saved to ``<out>.partial.npz``), then the score file ``out`` with ``settings`` as its meta."""
+    videos = rows["video"].astype(str).to_numpy()
+    partial = out.with_name(out.stem + ".partial.npz")
     scores = np.zeros((len(rows), len(classes)), dtype=np.float32)
     n_inputs = np.zeros(len(rows), dtype=np.int64)
     start = 0
@@ -673,18 +691,15 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     started = time.perf_counter()
     for first in range(start, len(rows), max(1, save_every)):
         chunk = rows.iloc[first:first + max(1, save_every)]
-        s, n = score_videos(model, chunk, stream, protocol, n_classes=len(classes),
-                            image_size=image_size, stack_length=stack_length, stride=protocol_id["stride"],
-                            segments=protocol_id["segments"], crops=crops, batch_size=batch_size,
-                            loader=loader, progress=False)
+        s, n = score_videos(model, chunk, stream, protocol, n_classes=len(classes), progress=False, **scoring)
         end = first + len(chunk)
         scores[first:end], n_inputs[first:end] = s, n
         if end < len(rows):
             save_scores(partial, Scores(videos[:end], rows["label"][:end], scores[:end], classes,
                                         n_inputs[:end], settings))
         if progress:
-            print(f"{stream} {protocol} ({subset}): {end}/{len(rows)} videos, "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+            print(f"{settings.get('stream', stream)} {protocol} ({settings.get('subset')}): {end}/{len(rows)} "
+                  f"videos, {time.perf_counter() - started:.0f} s", flush=True)
     settings["seconds"] = round(time.perf_counter() - started, 1)
     result = Scores(videos, rows["label"], scores, classes, n_inputs, settings)
     save_scores(out, result)
@@ -907,3 +922,126 @@ def fusion_results(cfg: Config, protocol: str, problems: list[str] | None = None
             out["weighted"] = weighted_fusion(out["spatial"], out["temporal"], weight)
             out["weighted"].meta.update(n_val=len(spatial_val), weight_search=table.to_dict(orient="list"))
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# Clips through a 3D network (notebook 07, utils.c3d)
+# ----------------------------------------------------------------------------------------
+CLIP_CHANNELS = {"rgb": 3, "flow": 2}
+
+
+def load_clip_inputs(modality: str) -> InputLoader:
+    """An :data:`InputLoader` of clips for :func:`score_videos`: at each position ``start`` the clip of
+    ``T = stack_length`` RGB frames (``modality="rgb"``) or flows (``"flow"``) ``start .. start + T - 1``,
+    ``crops`` inputs each (:func:`utils.generators.eval_crop_boxes`, the same crop on every frame;
+    mirrored flow negates x). Each JPEG of the video is read once, however much the clips overlap."""
+    from utils import generators
+
+    _check_choice("modality", modality, tuple(CLIP_CHANNELS))
+
+    def load(stream, frames_path, positions, *, image_size, stack_length, batch_size, crops=1):
+        positions = [int(p) for p in positions]
+        if any(b <= a for a, b in zip(positions, positions[1:])):
+            raise ValueError("positions must be strictly increasing")
+        read = (generators.read_frame if modality == "rgb"
+                else lambda path, t: generators.read_flow_uint8(path, t, 1))
+        kept: dict[int, np.ndarray] = {}          # frame / flow index -> uint8 image, until no later clip needs it
+        per_batch = max(1, batch_size // crops)
+        for i in range(0, len(positions), per_batch):
+            chunk = positions[i:i + per_batch]
+            for t in range(chunk[0], chunk[-1] + stack_length):
+                if t not in kept:
+                    kept[t] = read(frames_path, t)
+            batch = []
+            for start in chunk:
+                pieces = [kept[t] for t in range(start, start + stack_length)]
+                batch.append(generators.rgb_clip_test_inputs(np.stack(pieces), image_size, crops)
+                             if modality == "rgb" else
+                             generators.flow_volume_test_inputs(np.concatenate(pieces, axis=-1), image_size, crops))
+            for t in [t for t in kept if t <= chunk[-1]]:
+                del kept[t]
+            yield np.concatenate(batch)
+
+    return load
+
+
+def check_clip_input(shape, modality: str, clip_length: int, source) -> None:
+    """Raise unless ``shape`` ``(None, T, H, W, C)`` is a 3D network's input for ``modality`` clips of
+    ``clip_length``; ``source`` names the checkpoint (or model) in the message."""
+    _check_choice("modality", modality, tuple(CLIP_CHANNELS))
+    if shape is None:
+        return
+    shape = tuple(shape)
+    if len(shape) != 5:
+        raise ValueError(f"{source} takes inputs of shape {shape[1:]}, not clips (T, H, W, C): it is not a "
+                         f"3D network; check which checkpoint is given")
+    if shape[-1] != CLIP_CHANNELS[modality]:
+        raise ValueError(f"{source} takes clips with {shape[-1]} channels; {modality} clips have "
+                         f"{CLIP_CHANNELS[modality]}: check which checkpoint is given for which modality")
+    if shape[1] and int(shape[1]) != int(clip_length):
+        raise ValueError(f"{source} takes clips of T = {shape[1]} frames, but clip_length = {clip_length}: "
+                         f"pass clip_length={shape[1]}")
+
+
+def checkpoint_batch_shape(path: str | os.PathLike) -> tuple | None:
+    """The input shape ``(None, ...)`` stored in a ``.keras`` archive (any rank), read without building
+    the model; None when the file is not such an archive or has no single input layer."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        shapes = [layer["config"]["batch_shape"] for layer in config["config"]["layers"]
+                  if layer.get("class_name") == "InputLayer"]
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return None
+    return tuple(shapes[0]) if len(shapes) == 1 else None
+
+
+def evaluate_clips(cfg: Config, name: str, modality: str, protocol: str, subset: str = "test", *,
+                   clip_length: int, model=None, checkpoint: str = "best", stride: int = 1,
+                   segments: int | None = None, crops: int = 1, batch_size: int = 16,
+                   index: pd.DataFrame | None = None, allow_missing: bool = False, force: bool = False,
+                   save_every: int = 50, progress: bool = True) -> Scores:
+    """Score every ``subset`` video with a 3D network on clips and save ``scores_path(cfg, name, protocol)``.
+
+    ``name`` is the network's folder and score-file name (``"c3d_rgb"``, ``"c3d_flow"``): the model comes
+    from ``models/<run>/<name>/<checkpoint>.keras`` unless ``model`` is given. The clips sit where the
+    temporal stream's stacks sit, with ``L = clip_length`` (:func:`input_positions`): the one-frame
+    protocol takes the clip at the middle of the video, the same moment as the two streams' one input;
+    the whole-video protocol ``segments`` equally spaced clips (or every ``stride``-th one) and averages
+    the softmax. Reused, resumed and recomputed by the same rules as :func:`evaluate_stream`.
+    """
+    _check_choice("modality", modality, tuple(CLIP_CHANNELS))
+    _check_choice("protocol", protocol, PROTOCOLS)
+    protocol_id = protocol_settings(protocol, stride=stride, segments=segments, crops=crops)
+    ckpt = checkpoint_path(cfg, name, checkpoint)
+    ckpt_id = _checkpoint_identity(ckpt, model, "train the 3D network first (notebook 07)")
+    force = force or model is not None
+    if model is None:
+        check_clip_input(checkpoint_batch_shape(ckpt), modality, clip_length, ckpt)
+    else:
+        check_clip_input(getattr(model, "input_shape", None), modality, clip_length, "the model given")
+    if index is None:
+        from utils.dataset import build_index
+        index = build_index(cfg)
+    classes = index_class_names(index)
+    rows = evaluation_rows(cfg, subset, index=index, stack_length=clip_length, allow_missing=allow_missing)
+    settings = {"stream": name, "modality": modality, "subset": subset, **protocol_id,
+                "clip_length": int(clip_length), "stack_length": int(clip_length),
+                "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
+                "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0),
+                "excluded": rows.attrs.get("excluded", {}), "extraction": extraction_settings(cfg), **ckpt_id}
+    settings = json.loads(json.dumps(settings, default=str))
+    out = scores_path(cfg, name, protocol, subset)
+    done, previous = _saved_scores(out, settings, rows, force)
+    if done is not None:
+        return done
+    if model is None:
+        model = load_stream_model(ckpt)
+    shape = getattr(model, "input_shape", None)
+    image_size = int(shape[2]) if isinstance(shape, tuple) and len(shape) == 5 and shape[2] else cfg.image_size
+    settings.update(image_size=image_size, flow_method=(settings["extraction"] or {}).get("method"))
+    # the clips sit where the temporal stream's stacks of L = clip_length sit (input_positions("temporal", ...))
+    return _score_in_chunks(model, rows, classes, settings, out, previous, "temporal", protocol,
+                            image_size=image_size, stack_length=clip_length, stride=protocol_id["stride"],
+                            segments=protocol_id["segments"], crops=crops, batch_size=batch_size,
+                            loader=load_clip_inputs(modality), save_every=save_every, progress=progress)

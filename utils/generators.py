@@ -1,12 +1,15 @@
 """Network inputs from extracted rawframes: RGB frames for the spatial stream, flow stacks for the temporal one.
 
-Two ``keras.utils.PyDataset`` classes feed ``model.fit`` / ``model.evaluate``:
+Three ``keras.utils.PyDataset`` classes feed ``model.fit`` / ``model.evaluate``:
 
 * :class:`SpatialFrames` - one RGB frame per video (or ``frames_per_video``), ``float32[B, S, S, 3]``,
   preprocessed for the backbone (default: ResNet50's caffe-style ``preprocess_input``).
 * :class:`FlowStacks` - ``L`` consecutive flow fields per video, ``float32[B, S, S, 2L]``.
+* :class:`Clips` - for a 3D network (:mod:`utils.c3d`): ``T`` consecutive RGB frames
+  (``float32[B, T, S, S, 3]``) or ``T`` flow fields (``float32[B, T, S, S, 2]``) per video, in time
+  order, with one crop and one flip for the whole clip.
 
-Both yield ``(x, y)`` with ``y`` the integer labels, and both take the rows of the index
+All yield ``(x, y)`` with ``y`` the integer labels, and all take the rows of the index
 DataFrame they should use (``index[index.subset == "train"]``, ...). Only the columns
 ``frames_path``, ``label``, ``n_frames`` and ``n_flows`` are read (plus ``subset``, if present,
 for the guard that keeps the test split out of training).
@@ -303,6 +306,42 @@ def temporal_test_inputs(flow_uint8: np.ndarray, image_size: int, crops: int = 1
                      for box, flip in eval_crop_boxes(*flow_uint8.shape[:2], crops)])
 
 
+def rgb_clip_input(frames_rgb: Sequence[np.ndarray], box, image_size: int, flip: bool) -> np.ndarray:
+    """``T`` RGB frames of one clip, each cropped, resized and flipped alike: ``float32[T, S, S, 3]``,
+    in the order given (time order), not yet preprocessed."""
+    return np.stack([_frame_input(frame, box, image_size, flip) for frame in frames_rgb])
+
+
+def flow_volume_input(flow_uint8: np.ndarray, box, image_size: int, flip: bool) -> np.ndarray:
+    """A stored flow stack ``uint8[H, W, 2T]`` (x1, y1, ..., xT, yT) as a volume ``float32[T, S, S, 2]``
+    (time first, channels x, y): exactly :func:`flow_stack_input` (one crop, a flip that negates x,
+    each flow's mean subtracted, units of 20 px), reshaped for a 3D network."""
+    stack = flow_stack_input(flow_uint8, box, image_size, flip)            # [S, S, 2T]
+    side, _, channels = stack.shape
+    return np.ascontiguousarray(stack.reshape(side, side, channels // 2, 2).transpose(2, 0, 1, 3))
+
+
+def read_clip_frames(frames_path: PathLike, start: int, clip_length: int) -> np.ndarray:
+    """RGB frames ``start .. start + T - 1`` (1-based) of an extracted video: ``uint8[T, H, W, 3]``."""
+    return np.stack([read_frame(frames_path, t) for t in range(int(start), int(start) + int(clip_length))])
+
+
+def rgb_clip_test_inputs(frames_rgb: np.ndarray, image_size: int, crops: int = 1, *,
+                         preprocess: Preprocess = default_preprocess) -> np.ndarray:
+    """The test-time inputs of one RGB clip ``uint8[T, H, W, 3]`` (:func:`eval_crop_boxes`, each crop the
+    same on every frame): preprocessed ``float32[crops, T, S, S, 3]``."""
+    x = np.stack([rgb_clip_input(frames_rgb, box, image_size, flip)
+                  for box, flip in eval_crop_boxes(*frames_rgb.shape[1:3], crops)])
+    return np.asarray(preprocess(x), dtype=np.float32)
+
+
+def flow_volume_test_inputs(flow_uint8: np.ndarray, image_size: int, crops: int = 1) -> np.ndarray:
+    """The test-time inputs of one stored flow stack ``uint8[H, W, 2T]`` as volumes ``float32[crops, T, S, S, 2]``;
+    mirrored crops negate x, as in training."""
+    return np.stack([flow_volume_input(flow_uint8, box, image_size, flip)
+                     for box, flip in eval_crop_boxes(*flow_uint8.shape[:2], crops)])
+
+
 def evenly_spaced(n_positions: int, count: int) -> np.ndarray:
     """``count`` 1-based positions out of ``1..n_positions``: centres of ``count`` equal segments (TSN).
 
@@ -422,6 +461,14 @@ class _VideoBatches(keras.utils.PyDataset):
             return self._finish(x), y, (np.arange(len(items)) < real).astype(np.float32)
         return self._finish(x), y
 
+    def _check_flows(self, name: str, length: int, remedy: str) -> None:
+        """Raise, naming them, if videos have fewer than ``length`` flows (``name`` is the setting)."""
+        short = [(p, n) for p, n in zip(self.frames_paths, self.n_flows) if n < length]
+        if short:
+            shown = "; ".join(f"{_video_name(p)} has {n} (folder {p})" for p, n in short[:5])
+            raise ValueError(f"{len(short)} video(s) have fewer than {name}={length} flows: {shown}. Drop them "
+                             f"(index[index.n_flows >= {length}]) or {remedy}.")
+
     def _box(self, height: int, width: int, rng):
         if rng is None:
             return centre_crop_box(height, width)
@@ -507,12 +554,7 @@ class FlowStacks(_VideoBatches):
                          crop_positions=crop_positions, **pydataset_kwargs)
         self.flow_cache = None if flow_cache is None else Path(flow_cache)
         self.stack_length = int(stack_length)
-        short = [(p, n) for p, n in zip(self.frames_paths, self.n_flows) if n < self.stack_length]
-        if short:
-            shown = "; ".join(f"{_video_name(p)} has {n} (folder {p})" for p, n in short[:5])
-            raise ValueError(f"{len(short)} video(s) have fewer than stack_length={self.stack_length} flows: "
-                             f"{shown}. Drop them (index[index.n_flows >= {self.stack_length}]) or use a "
-                             f"shorter stack.")
+        self._check_flows("stack_length", self.stack_length, "use a shorter stack")
 
     def _load(self, row, slot, rng):
         n_starts = int(self.n_flows[row]) - self.stack_length + 1
@@ -528,6 +570,60 @@ class FlowStacks(_VideoBatches):
         flows = cached_flows(self.frames_paths[row], int(self.n_flows[row]), self.flow_cache)
         stack = flows[:, :, 2 * (start - 1):2 * (start - 1 + self.stack_length)]    # a view: no copy
         return flow_stack_input(stack, self._box(*flows.shape[:2], rng), self.image_size, flip)
+
+
+CLIP_MODALITIES = ("rgb", "flow")
+
+
+class Clips(_VideoBatches):
+    """Clips for a 3D network (:mod:`utils.c3d`): ``(float32[B, T, S, S, C], int32[B])`` batches.
+
+    ``modality="rgb"``: ``T = clip_length`` consecutive RGB frames, preprocessed like the spatial
+    stream's (``C = 3``); ``"flow"``: ``T`` consecutive flow fields, each as the temporal stream's
+    (mean-subtracted, units of 20 px; ``C = 2``: x, y). A clip starts at ``s`` in ``1 .. n_flows - T + 1``
+    and covers frames (or flows) ``s .. s + T - 1``, in time order: the RGB clip at ``s`` shows the frames
+    that the flow stack at ``s`` connects, as the evaluation protocols pair them. Training draws the
+    start uniformly, and one crop and one flip for the whole clip (a mirrored flow clip negates x);
+    evaluation uses evenly spaced starts (the middle one with ``clips_per_video=1``) and the centre crop.
+    Other arguments as :class:`SpatialFrames` (``preprocess`` acts on RGB clips only).
+    """
+
+    stream = "clips"
+
+    def __init__(self, index, *, training: bool, modality: str = "rgb", clip_length: int = 16,
+                 image_size: int = 112, batch_size: int = 16, clips_per_video: int = 1, seed: int = 0,
+                 preprocess: Preprocess = default_preprocess, crop_scales: Sequence[float] = TRAIN_CROP_SCALES,
+                 crop_positions: str = "corners", **pydataset_kwargs):
+        if modality not in CLIP_MODALITIES:
+            raise ValueError(f"modality must be one of {CLIP_MODALITIES}, got {modality!r}")
+        if int(clip_length) < 1:
+            raise ValueError(f"clip_length must be >= 1, got {clip_length}")
+        super().__init__(index, training=training, image_size=image_size, batch_size=batch_size,
+                         items_per_video=clips_per_video, seed=seed, crop_scales=crop_scales,
+                         crop_positions=crop_positions, **pydataset_kwargs)
+        self.modality, self.clip_length, self.preprocess = modality, int(clip_length), preprocess
+        self._check_flows("clip_length", self.clip_length, "use shorter clips")
+
+    def clip_start(self, row: int, slot: int, rng) -> tuple[int, bool]:
+        """``(start, flip)`` of item ``slot`` of video ``row``: random when training, else evenly spaced."""
+        n_starts = int(self.n_flows[row]) - self.clip_length + 1
+        if rng is None:
+            return int(evenly_spaced(n_starts, self.items_per_video)[slot]), False
+        return int(rng.integers(1, n_starts + 1)), bool(rng.integers(2))
+
+    def _load(self, row, slot, rng):
+        start, flip = self.clip_start(row, slot, rng)
+        path = self.frames_paths[row]
+        if self.modality == "flow":
+            flow = read_flow_uint8(path, start, self.clip_length)
+            return flow_volume_input(flow, self._box(*flow.shape[:2], rng), self.image_size, flip)
+        frames = read_clip_frames(path, start, self.clip_length)
+        return rgb_clip_input(frames, self._box(*frames.shape[1:3], rng), self.image_size, flip)
+
+    def _finish(self, x):
+        if self.modality == "rgb":
+            return np.asarray(self.preprocess(x), dtype=np.float32)
+        return x
 
 
 def even_batches(train_data, val_data=None) -> None:

@@ -1,6 +1,6 @@
 """Figures of the notebooks: inputs and predictions, flow stacks, learning rates (02, 03), confusion
-matrices side by side, fusion margins and per-class accuracy (04, 05), and clips as animations (01,
-``utils.predict``).
+matrices side by side, fusion margins and per-class accuracy (04, 05), clips of a 3D network and fusions
+compared (07, 08), and clips as animations (01, ``utils.predict``).
 
 Frames are shown after undoing the ResNet preprocessing; flow stacks as colour pictures
 (hue = direction, brightness = speed; see :func:`utils.flow.flow_to_color`), always with their
@@ -94,7 +94,7 @@ def flow_stack_figure(stacks: dict[str, np.ndarray], pairs: Sequence[int] | None
             ax.set_title(f"{name}: flow {k + 1}/{length}", fontsize=9)
             ax.axis("off")
         row[-1].axis("off")
-    draw_flow_colour_key(axes[0, -1], scale, fontsize=9)
+    draw_flow_colour_key(axes[0, -1], scale, fontsize=MIN_FONT)
     fig.tight_layout()
     return fig
 
@@ -351,3 +351,55 @@ class Animation:
         tmp.write_bytes(self.gif)
         tmp.replace(path)
         return path
+
+
+def clip_figure(clips: dict[str, np.ndarray], steps: Sequence[int] | None = None, title: str = "") -> Figure:
+    """One row per named clip ``[T, S, S, C]`` of a 3D network, one column per time step ``steps`` (default:
+    all, at most 8 evenly spaced): RGB clips as frames, flow volumes as colour pictures on one scale (keyed)."""
+    first = next(iter(clips.values()))
+    length = first.shape[0]
+    steps = list(steps) if steps is not None else sorted({int(round(k)) for k in np.linspace(0, length - 1, min(8, length))})
+    flows = [clip for clip in clips.values() if clip.shape[-1] == 2]
+    scale = flow_speed_scale([c.transpose(1, 2, 0, 3).reshape(*c.shape[1:3], -1) for c in flows]) if flows else None
+    fig = Figure(figsize=(1.6 * (len(steps) + KEY_WIDTH * bool(flows)), 1.9 * len(clips) + 0.3))
+    axes = fig.subplots(len(clips), len(steps) + bool(flows), squeeze=False,
+                        width_ratios=[1] * len(steps) + [KEY_WIDTH] * bool(flows))
+    for row, (name, clip) in zip(axes, clips.items()):
+        for ax, t in zip(row, steps):
+            ax.imshow(input_picture(clip[t], 0, scale))
+            ax.set_title(f"{name}: t = {t + 1}/{length}", fontsize=MIN_FONT)
+            ax.axis("off")
+        if flows:
+            row[-1].axis("off")
+    if flows:
+        draw_flow_colour_key(axes[0, -1], scale, fontsize=MIN_FONT)
+    if title:
+        fig.suptitle(title, fontsize=MIN_FONT)
+    fig.tight_layout()
+    return fig
+
+
+def fusion_comparison_figure(table: pd.DataFrame, title: str = "") -> Figure:
+    """Top-1 (%) of each fusion (``table``: columns ``fusion``, ``protocol``, ``videos``, ``top1``) on the videos
+    it was fitted on (validation) and on the test videos, one panel per protocol."""
+    protocols = list(dict.fromkeys(table["protocol"]))
+    fig = Figure(figsize=(4.2 * len(protocols), 3.2))
+    axes = fig.subplots(1, len(protocols), squeeze=False)[0]
+    for ax, protocol in zip(axes, protocols):
+        part = table[table["protocol"] == protocol].pivot(index="fusion", columns="videos", values="top1")
+        part = part.reindex(index=list(dict.fromkeys(table["fusion"])), columns=list(dict.fromkeys(table["videos"])))
+        width = 0.8 / max(1, len(part.columns))
+        for i, column in enumerate(part.columns):
+            bars = ax.bar(np.arange(len(part)) + (i - (len(part.columns) - 1) / 2) * width, part[column], width,
+                          label=column)
+            ax.bar_label(bars, fmt="%.0f", fontsize=MIN_FONT)
+        ax.set_xticks(range(len(part)), part.index, fontsize=MIN_FONT)
+        ax.set_ylim(0, 125)
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(protocol, fontsize=MIN_FONT)
+        ax.legend(fontsize=MIN_FONT, loc="upper center", ncol=len(part.columns))
+    if title:
+        fig.suptitle(title, fontsize=MIN_FONT)
+    fig.tight_layout()
+    return fig

@@ -5,7 +5,9 @@
 
 - ``report/<run>/results.md`` and ``results.csv`` (copied to ``report/results.md|csv``): top-1
   accuracy of each stream and fusion under both protocols, top-5 and mean class accuracy, the
-  settings of the run, and the reference figures of earlier work side by side;
+  settings of the run, and the reference figures of earlier work side by side; and one row per
+  experiment of notebooks 06-08 (:data:`EXPERIMENTS`, read from their score files by name, "not run"
+  where a file is absent), next to the figures published for it;
 - ``report/<run>/figures/``: confusion matrix (fusion, whole video), per-class accuracy of each
   stream, training curves of both streams.
 
@@ -27,8 +29,8 @@ from matplotlib.ticker import MaxNLocator
 
 from utils import config as config_module
 from utils.config import Config
-from utils.evaluation import PROTOCOLS, STREAMS, Scores, classification_metrics, describe_flow, describe_protocol, \
-    fusion_results, per_class_accuracy
+from utils.evaluation import PROTOCOLS, STREAMS, Scores, classification_metrics, current_scores, describe_flow, \
+    describe_protocol, fusion_results, per_class_accuracy
 from utils.writers import remove_dead_temporaries
 
 NETWORKS = {  # key in evaluation.fusion_results -> row of the course's table
@@ -56,10 +58,90 @@ REFERENCE_RESULTS = pd.DataFrame([
      "~69, mean of 3 splits; ImageNet-only pretraining"),
 ], columns=["source", "network", "one_frame", "whole_video", "notes"])
 
+EXPERIMENTS = pd.DataFrame([
+    # score-file name (report/<run>/scores/<name>_<protocol>.npz), row, HMDB51 top-1 (%) published, source
+    # notebook 06 (SG3I):
+    ("sg3i", "SG3I: motion without flow (3 grayscale frames as RGB)", None,
+     "Kim & Won 2020 (IEEE Access 8:60179): no figure of the stream alone taken here"),
+    ("fusion_sg3i", "Fusion RGB + SG3I (average)", None,
+     "Kim & Won 2020: 5.7 points above Simonyan & Zisserman 2014's flow two-stream (abstract)"),
+    # notebook 07 (the 3D CNN):
+    ("c3d_rgb", "3D CNN on RGB clips (C3D-style, from scratch)", 24.3,
+     "a C3D-like 3D ConvNet from scratch, split 1: Carreira & Zisserman 2017, Table 2 (C3D: Tran et al. 2015)"),
+    ("c3d_flow", "3D CNN on flow volumes (C3D-style, from scratch)", None, "no published figure taken here"),
+    # notebook 08 (the learned fusion):
+    ("fusion_learned", "Fusion (learned on validation scores)", 59.4,
+     "SVM on the two streams' softmax scores, mean of 3 splits: Simonyan & Zisserman 2014"),
+], columns=["name", "experiment", "reference", "source"])
+"""The experiments after the course (notebooks 06-08): one row each in ``results.md``, in both protocols;
+a run that made no score file reads "not run". ``reference``: top-1 (%) on HMDB51 reported elsewhere
+(not this run); None where no comparable figure is quoted."""
+NOT_RUN = "not run"
+EXPERIMENTS_HEADING = "## Experiments (notebooks 06-08)"
+
 
 # ----------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------
+def collect_experiments(cfg: Config, problems: list[str] | None = None) -> dict[str, dict[str, Scores]]:
+    """``{experiment name: {protocol: Scores}}`` for the experiments' score files that exist and are current
+    (:func:`utils.evaluation.current_scores`; the reasons for those left out go to ``problems``)."""
+    found: dict[str, dict[str, Scores]] = {}
+    for name in EXPERIMENTS.name:
+        for protocol in PROTOCOLS:
+            scores = current_scores(cfg, name, protocol, "test", problems)
+            if scores is not None:
+                found.setdefault(name, {})[protocol] = scores
+    return found
+
+
+def experiments_table(experiments: dict[str, dict[str, Scores]]) -> pd.DataFrame:
+    """One row per experiment of :data:`EXPERIMENTS`: top-1 (%) per protocol (NaN: not run), the number
+    of test clips each protocol scored, and the reference figure."""
+    rows = []
+    for ref in EXPERIMENTS.itertuples(index=False):
+        found = experiments.get(ref.name, {})
+        row = {"name": ref.name, "experiment": ref.experiment}
+        for protocol in PROTOCOLS:
+            scores = found.get(protocol)
+            row[protocol] = round(100 * scores.metrics()["top1"], 2) if scores is not None else np.nan
+            row[f"n_{protocol}"] = len(scores) if scores is not None else 0
+        rows.append({**row, "reference": ref.reference, "source": ref.source})
+    return pd.DataFrame(rows)
+
+
+def experiment_rows(experiments: dict[str, dict[str, Scores]]) -> pd.DataFrame:
+    """The experiments' runs as rows of :func:`results_table` (``results.csv``): one per (experiment, protocol) run."""
+    rows = []
+    for ref in EXPERIMENTS.itertuples(index=False):
+        for protocol, scores in experiments.get(ref.name, {}).items():
+            m = scores.metrics()
+            rows.append({"network": ref.experiment, "protocol": protocol, "top1": round(100 * m["top1"], 2),
+                         "top5": round(100 * m["top5"], 2), "mean_class": round(100 * m["mean_class"], 2),
+                         "n_videos": m["n_videos"], "fusion_weight": None, "stride": scores.meta.get("stride"),
+                         "checkpoint": scores.meta.get("checkpoint")})
+    return pd.DataFrame(rows)
+
+
+def experiments_markdown(table: pd.DataFrame) -> str:
+    """The experiments' table for ``results.md``: "not run" where a run made no score file."""
+    def clips(row) -> str:
+        counts = {PROTOCOL_NAMES[p].lower(): row[f"n_{p}"] for p in PROTOCOLS if row[f"n_{p}"]}
+        if not counts:
+            return "-"
+        return str(next(iter(counts.values()))) if len(set(counts.values())) == 1 else \
+            ", ".join(f"{n} ({p})" for p, n in counts.items())
+
+    shown = pd.DataFrame({
+        "Experiment": table.experiment,
+        **{PROTOCOL_NAMES[p]: [NOT_RUN if pd.isna(v) else _cell(v) for v in table[p]] for p in PROTOCOLS},
+        "Test clips": [clips(row) for _, row in table.iterrows()],
+        "Published on HMDB51": [_cell(v) if v is not None and not pd.isna(v) else "-" for v in table.reference],
+        "Source of that figure": table.source,
+    })
+    return markdown_table(shown)
+
+
 def collect_results(cfg: Config, problems: list[str] | None = None) -> dict[str, dict[str, Scores]]:
     """``{protocol: {network: Scores}}`` for the protocols whose score files exist and are current.
 
@@ -428,8 +510,10 @@ LEFT_OUT = "**Left out of this table** (NA above):"
 
 def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[str, Scores]],
                     settings: dict | None = None, figures: dict[str, Path] | None = None,
-                    figures_prefix: str = "figures/", problems: list[str] | None = None) -> str:
-    """The text of ``results.md``; ``problems``: the score files left out, and why (under the table)."""
+                    figures_prefix: str = "figures/", problems: list[str] | None = None,
+                    experiments: dict[str, dict[str, Scores]] | None = None) -> str:
+    """The text of ``results.md``: ``problems``, the score files left out and why (under the table);
+    the experiments' table when ``experiments`` is given."""
     grid = top1_grid(table)
     any_scores = next((s for res in results.values() for s in res.values()), None)
     n_test = {p: len(next(iter(res.values()))) for p, res in results.items() if res}
@@ -441,6 +525,12 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
     lines += [markdown_table(course), ""]
     if problems:
         lines += [LEFT_OUT, *[f"- {problem}" for problem in dict.fromkeys(problems)], ""]
+    if experiments is not None:
+        lines += [EXPERIMENTS_HEADING, "",
+                  "Top-1 accuracy (%) on the same test split, from `report/<run>/scores/<experiment>_<protocol>.npz`; "
+                  f"\"{NOT_RUN}\" where this run made no score file (`python -m utils.run --experiments` runs "
+                  "them). The published figures are HMDB51's, not this run's.", "",
+                  experiments_markdown(experiments_table(experiments)), ""]
 
     if len(table):
         detail = table.assign(
@@ -543,6 +633,7 @@ def write_report(cfg: Config, settings: dict | None = None, *, figures: bool = T
     """
     problems: list[str] = []
     results = collect_results(cfg, problems)
+    experiments = collect_experiments(cfg, problems)
     for problem in dict.fromkeys(problems):
         print(f"left out of the table: {problem}")
     table = results_table(results)
@@ -551,12 +642,16 @@ def write_report(cfg: Config, settings: dict | None = None, *, figures: bool = T
     remove_dead_temporaries(run_dir / "figures")
     made = write_figures(cfg, results) if figures else {}
     md_path, csv_path = run_dir / "results.md", run_dir / "results.csv"
-    _write_text(md_path, report_markdown(cfg, table, results, settings, made, problems=problems))
-    csv = table.assign(dataset=cfg.dataset_name, split=cfg.split)
+    _write_text(md_path, report_markdown(cfg, table, results, settings, made, problems=problems,
+                                         experiments=experiments))
+    extra = experiment_rows(experiments)
+    csv = (pd.concat([table, extra], ignore_index=True) if len(extra) else table).assign(
+        dataset=cfg.dataset_name, split=cfg.split)
     _write_text(csv_path, csv.to_csv(index=False))
     if publish:
         top = Path(config_module.REPORT_DIR)
         _write_text(top / "results.md", report_markdown(cfg, table, results, settings, made,
-                                                        figures_prefix=f"{cfg.run_name}/figures/", problems=problems))
+                                                        figures_prefix=f"{cfg.run_name}/figures/", problems=problems,
+                                                        experiments=experiments))
         shutil.copyfile(csv_path, top / "results.csv")
     return md_path

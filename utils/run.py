@@ -2,6 +2,7 @@
 
     python -m utils.run                                # default dataset: hmdb51 if on disk, else demo
     python -m utils.run --dataset demo --quick         # the CI preset (QUICK below), on any dataset
+    python -m utils.run --dataset demo --experiments   # 00-05, then the experiments 06-08, the wider table
     python -m utils.run --dataset hmdb51 -p split=2 -p finetune_epochs=12
     python -m utils.run --from 03                      # 03, 04, 05
     python -m utils.run --only 04,05 -p test_crops=1
@@ -45,6 +46,8 @@ from utils.config import Config, default_dataset, dataset_root, BUILTIN_DATASETS
 NOTEBOOKS_DIR = config_module.REPO_ROOT / "notebooks"
 KERNEL_NAME = "python3"
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
+COURSE = ("00", "01", "02", "03", "04", "05")   # the two-stream pipeline: what a plain run executes
+EXPERIMENTS = ("06", "07", "08")                 # after it with --experiments: SG3I, the 3D CNN, learned fusion
 
 QUICK: dict[str, object] = {
     "max_videos": 40,          # 00: clips opened to measure lengths
@@ -62,9 +65,11 @@ QUICK: dict[str, object] = {
     "stacks_per_video": 4,     # 03: stacks per training video and epoch (the GPU preset: 86)
     "temporal_epochs": 8,      # 03: epochs of the temporal stream (a few seconds each)
     "temporal_dropout": 0.5, "temporal_learning_rate": 0.01, "temporal_optimizer": "sgd",   # 03: the demo's
-    "whole_video_segments": 5, # 05: 5 equally spaced frames / stacks per clip in the whole-video protocol
+    "whole_video_segments": 5, # 05, 07, 08: 5 equally spaced frames / stacks / clips per video in the whole-video protocol
     "test_crops": 1,           # 05: the centre crop only (the GPU preset: 10)
     "refit": False,            # 02, 03: no final fit on all training clips (the demo's single run)
+    "c3d_epochs": 4,           # 07: epochs of the 3D CNN (5-7 s each on the demo; enough for the colour)
+    "fusion_epochs": 100,      # 08: passes of the learned fusion over the validation videos
 }
 """The ``--quick`` preset (CI, a first try on any dataset): the same small settings on every dataset,
 whether ``--dataset`` is the demo, HMDB51 or a path, so that a run exercises every notebook end to
@@ -110,6 +115,15 @@ def find_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no NN_name.ipynb notebooks in {notebooks_dir}")
     return found
+
+
+def run_set(notebooks: Sequence[Path], experiments: bool = False) -> tuple[list[Path], list[str]]:
+    """The notebooks a run goes through: the course (00-05), then, with ``experiments``, those of 06-08
+    that exist. Returns ``(notebooks, numbers of experiments not found)``."""
+    wanted = COURSE + (EXPERIMENTS if experiments else ())
+    chosen = [p for p in notebooks if p.name[:2] in wanted]
+    present = {p.name[:2] for p in chosen}
+    return chosen, [n for n in EXPERIMENTS if experiments and n not in present]
 
 
 def _number(token: str) -> str:
@@ -212,7 +226,8 @@ def unknown_parameters(parameters: dict, notebooks: Iterable[Path]) -> list[str]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m utils.run",
-        description="Run the notebooks 00-05 in order, headless (papermill), and print the results table.",
+        description="Run the notebooks 00-05 in order (with --experiments also 06-08), headless (papermill), "
+                    "and print the results table.",
         epilog="Executed notebooks go to report/<run>/notebooks/; the table to report/results.md.")
     parser.add_argument("--dataset", default=None,
                         help="demo | hmdb51 | PATH to a folder in the HMDB51 layout (default: hmdb51 "
@@ -225,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--from", dest="start", metavar="NN", help="run from this notebook on, e.g. 03")
     parser.add_argument("--quick", action="store_true",
                         help=f"CI preset (small settings): {QUICK}")
+    parser.add_argument("--experiments", action="store_true",
+                        help="after 00-05, run the experiments 06-08 (SG3I, the 3D CNN, the learned fusion; "
+                             "a missing one is skipped with a note) and print the wider table")
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR,
                         help="folder of the NN_name.ipynb notebooks (default: notebooks/)")
     parser.add_argument("--output-dir", type=Path, default=None,
@@ -428,17 +446,19 @@ def _duration(seconds: float) -> str:
     return f"{int(minutes)} min {seconds:04.1f} s" if minutes else f"{seconds:.1f} s"
 
 
-def _course_table(results_md: Path) -> str:
-    """The first markdown table of a results.md (the course's table), and the list of score files
-    left out of it, when there is one (:data:`utils.report.LEFT_OUT`)."""
+def _course_table(results_md: Path, heading: str | None = None) -> str:
+    """The first markdown table of a results.md (the course's table) and the list of score files left
+    out of it when there is one (:data:`utils.report.LEFT_OUT`); or the first table after ``heading``."""
     from utils.report import LEFT_OUT
 
     lines = results_md.read_text(encoding="utf-8").splitlines()
+    if heading is not None:
+        lines = lines[next((i for i, line in enumerate(lines) if line.strip() == heading), len(lines)):]
     start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     shown = lines[start:end]
     rest = [line for line in lines[end:end + 2] if line.strip()]
-    if rest and rest[0] == LEFT_OUT:
+    if heading is None and rest and rest[0] == LEFT_OUT:
         notes = lines[lines.index(LEFT_OUT, end):]
         shown += ["", *notes[:next((k for k, line in enumerate(notes) if not line.strip()), len(notes))]]
     return "\n".join(shown)
@@ -472,7 +492,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         all_notebooks = find_notebooks(args.notebooks_dir)
         parameters = resolve_parameters(args)
-        notebooks = select_notebooks(all_notebooks, args.only, args.start)
+        pool, absent = run_set(all_notebooks, args.experiments)
+        notebooks = select_notebooks(all_notebooks if args.only else pool, args.only, args.start)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -505,6 +526,9 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     output_dir = args.output_dir or Path(cfg.report_dir) / "notebooks"
+    for number in absent:
+        print(f"note: --experiments: there is no notebook {number}_*.ipynb in {args.notebooks_dir} yet; "
+              f"skipping it (its rows of the table read \"not run\")")
     locks = []
     try:
         check_output_folder(output_dir, "--output-dir")
@@ -550,8 +574,12 @@ def _run_and_report(args, cfg: Config, notebooks: Sequence[Path], parameters: di
     print(f"  {'total':<40} {_duration(time.perf_counter() - started)}")
     results_md = Path(cfg.report_dir) / "results.md"
     if results_md.is_file() and results_md.stat().st_mtime >= started_wall:
-        print(f"\n{_course_table(results_md)}\n\nresults table: {results_md}"
-              f" (copied to {Path(config_module.REPORT_DIR) / 'results.md'})")
+        print(f"\n{_course_table(results_md)}")
+        if args.experiments:
+            from utils.report import EXPERIMENTS_HEADING
+
+            print(f"\n{EXPERIMENTS_HEADING}\n\n{_course_table(results_md, EXPERIMENTS_HEADING)}")
+        print(f"\nresults table: {results_md} (copied to {Path(config_module.REPORT_DIR) / 'results.md'})")
     return 0
 
 
