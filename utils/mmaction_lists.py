@@ -19,7 +19,10 @@ configs read them with ``data_root = 'data/<dataset>/rawframes'``. So:
   the test part, to the val file, and the configs test on it); there is no validation subset;
 * videos without extracted frames are left out, as ``build_file_list`` does.
 
-:func:`write_lists` writes them next to ``rawframes/`` (mmaction2's place).
+:func:`write_lists` writes them next to ``rawframes/`` (mmaction2's place); the lists of a class
+subset or of frames resampled to a fixed fps (``cfg.variant``, e.g. ``_12cls-1a2b3c``) go to their
+own folder ``lists_<variant>/``, named ``<dataset><variant>_...``, with the subset's labels 0 .. k-1
+(those of the run's index, its models and its score files), so they never replace the full lists.
 :func:`utils.split_formats.load_list_splits` reads such files, in ``splits/`` or in the dataset
 folder, as the split table of :func:`utils.dataset.load_splits`, so frames and lists made with
 mmaction2's tools (``build_rawframes.py``, ``build_file_list.py``) run through these notebooks.
@@ -60,15 +63,19 @@ def write_lists(cfg, index: pd.DataFrame | None = None, out_dir=None, dataset_na
     """Write ``<dataset>_{train,val}_split_{1,2,3}_rawframes.txt`` for the extracted videos of ``cfg``.
 
     ``out_dir`` defaults to the dataset folder (next to ``rawframes/``, where mmaction2's configs
-    look); ``dataset_name`` to ``cfg.dataset_name``. Each file is written to a temporary name and
+    look), or ``lists_<variant>/`` in it for a class subset or a fixed fps; ``dataset_name`` to
+    ``cfg.dataset_name`` plus that variant. Each file is written to a temporary name and
     renamed. Returns ``{"files": [paths], "videos": n listed, "not_extracted": n left out}``.
     """
     if index is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)   # videos missing on disk: the lists need frames only
             index = build_index(cfg)
-    out_dir = Path(out_dir) if out_dir is not None else Path(cfg.data_root)
-    name = dataset_name or cfg.dataset_name
+    variant = getattr(cfg, "variant", "")
+    if out_dir is None:
+        out_dir = Path(cfg.data_root) / (f"lists{variant}" if variant else "")
+    out_dir = Path(out_dir)
+    name = dataset_name or cfg.dataset_name + variant
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for split in SPLITS:
@@ -91,9 +98,11 @@ def main(argv=None) -> int:
                                      description="Write mmaction2 rawframe lists for a dataset extracted here.")
     parser.add_argument("--dataset", required=True, help="demo | hmdb51 | PATH of a dataset folder")
     parser.add_argument("--out", type=Path, help="folder for the list files (default: the dataset folder)")
+    parser.add_argument("--classes", help="a class subset: stanford40, a file of names, or names separated by commas")
+    parser.add_argument("--fps", type=int, help="the frames resampled to this rate (rawframes_<fps>fps/)")
     args = parser.parse_args(argv)
     try:
-        cfg = Config(dataset=args.dataset)
+        cfg = Config(dataset=args.dataset, classes=args.classes, fps=args.fps)
         result = write_lists(cfg, out_dir=args.out)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
