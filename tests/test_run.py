@@ -114,8 +114,18 @@ def test_failing_notebook_is_named_and_run_stops(tmp_path, capsys):
 def test_quick_preset_names_are_notebook_parameters():
     """Every --quick name must be defined by some notebook (else it silently does nothing)."""
     notebooks = run.find_notebooks(run.NOTEBOOKS_DIR)
-    assert [p.name[:2] for p in notebooks] == ["00", "01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in notebooks] == ["00", "01", "02", "03", "04", "05", "06"]
     assert run.unknown_parameters(run.QUICK, notebooks) == []
+
+
+def test_the_default_run_is_the_course_and_experiments_are_asked_for(tmp_path):
+    for name in ("00_a", "05_f", "06_sg3i", "07_x"):
+        write_notebook(tmp_path / f"{name}.ipynb", "x = 1")
+    found = run.find_notebooks(tmp_path)
+    assert [p.name for p in run.select_notebooks(found)] == ["00_a.ipynb", "05_f.ipynb"]       # README command 1
+    assert [p.name for p in run.select_notebooks(found, start="00")] == ["00_a.ipynb", "05_f.ipynb"]
+    assert [p.name for p in run.select_notebooks(found, start="06")] == ["06_sg3i.ipynb", "07_x.ipynb"]
+    assert [p.name for p in run.select_notebooks(found, only="06")] == ["06_sg3i.ipynb"]
 
 
 def test_every_parameter_line_parses():

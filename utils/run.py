@@ -32,6 +32,7 @@ from utils import pretrained
 from utils.config import Config, default_dataset, dataset_root, BUILTIN_DATASETS
 
 NOTEBOOKS_DIR = config_module.REPO_ROOT / "notebooks"
+COURSE_LAST = "05"    # notebooks 00-05 are the course, run by default; later ones (06: SG3I, ...) are experiments
 KERNEL_NAME = "python3"
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
 
@@ -42,7 +43,9 @@ QUICK: dict[str, object] = {
     "frames_per_video": 4,     # 02: frames per training video and epoch
     "finetune_epochs": 2,      # 02: epochs of the spatial stream
     "temporal_epochs": 8,      # 03: epochs of the temporal stream (a few seconds each)
-    "whole_video_segments": 5, # 05: 5 equally spaced frames / stacks per clip in the whole-video protocol
+    "whole_video_segments": 5, # 05, 06: 5 equally spaced frames / stacks / SG3Is per clip in the whole-video protocol
+    "sg3i_epochs": 1,          # 06: one short epoch of the SG3I stream: the notebook runs end to end, but
+    "sg3i_per_video": 2,       #     learning the demo's motion takes the preset's 10 epochs x 8 SG3Is per video
 }
 """The ``--quick`` preset (CI): small settings that exercise every notebook end to end fast.
 
@@ -92,7 +95,8 @@ def _number(token: str) -> str:
 
 def select_notebooks(notebooks: Sequence[Path], only: str | None = None,
                      start: str | None = None) -> list[Path]:
-    """Notebooks named by ``only`` (``"02,03"``, numbers or names) or from ``start`` on (``"03"``)."""
+    """Notebooks named by ``only`` (``"02,03"``, numbers or names) or from ``start`` on (``"03"``); by
+    default (and from a ``start`` in the course) the course, notebooks up to :data:`COURSE_LAST`."""
     def matches(path: Path, token: str) -> bool:
         token = _number(token)
         return path.name.startswith(token + "_") or path.stem == token or path.name == token
@@ -111,8 +115,9 @@ def select_notebooks(notebooks: Sequence[Path], only: str | None = None,
         positions = [i for i, p in enumerate(notebooks) if matches(p, start)]
         if not positions:
             raise ValueError(f"--from {start!r} matches no notebook; have {[p.name for p in notebooks]}")
-        return list(notebooks[positions[0]:])
-    return list(notebooks)
+        chosen = list(notebooks[positions[0]:])
+        return chosen if chosen[0].name[:2] > COURSE_LAST else [p for p in chosen if p.name[:2] <= COURSE_LAST]
+    return [p for p in notebooks if p.name[:2] <= COURSE_LAST]
 
 
 def notebook_parameters(notebooks: Iterable[Path]) -> dict[str, set[str]]:
@@ -175,13 +180,22 @@ def resolve_parameters(args: argparse.Namespace) -> dict:
     split = parameters.setdefault("split", 1)
     if type(split) is not int or split not in (1, 2, 3):   # not True, not 2.0
         raise ValueError(f"-p split={split!r}: the split must be 1, 2 or 3")
+    if parameters.get("classes") is not None:   # a file is read here (notebooks run in notebooks/): pass the names
+        parameters["classes"] = list(config_module.resolve_classes(parameters["classes"]))
     return parameters
 
 
+def run_config(parameters: dict) -> Config:
+    """The run's Config (its name and report folder): dataset, split, class subset and fps of ``parameters``."""
+    return Config(dataset=parameters["dataset"], split=int(parameters["split"]),
+                  classes=parameters.get("classes"), fps=parameters.get("fps"))
+
+
 def uses_imagenet_weights(notebooks: Sequence[Path], parameters: dict) -> bool:
-    """Whether the run builds a ResNet-50 from ``weights``: notebook 02, or 03 with the ResNet temporal stream."""
+    """Whether the run builds a ResNet-50 from ``weights``: notebooks 02 and 06 (SG3I), or 03 with the
+    ResNet temporal stream."""
     names = {path.name[:2] for path in notebooks}
-    return "02" in names or ("03" in names and parameters.get("temporal_arch") == "resnet50")
+    return bool(names & {"02", "06"}) or ("03" in names and parameters.get("temporal_arch") == "resnet50")
 
 
 # ----------------------------------------------------------------------------------------
@@ -297,7 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"warning: no notebook's parameters cell defines {unknown}; check the spelling "
               f"(`python -m utils.run --list` shows them)", file=sys.stderr)
-    cfg = Config(dataset=parameters["dataset"], split=int(parameters["split"]))
+    try:
+        cfg = run_config(parameters)
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if uses_imagenet_weights(notebooks, parameters):
         try:   # before any notebook starts: the demo falls back to a from-scratch backbone, HMDB51 stops
             parameters["weights"] = pretrained.resolve_spatial_weights(
