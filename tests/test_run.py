@@ -118,7 +118,7 @@ def test_quick_preset_names_are_notebook_parameters():
     notebooks = run.find_notebooks(run.NOTEBOOKS_DIR)
     assert [p.name[:2] for p in run.run_set(notebooks)[0]] == ["00", "01", "02", "03", "04", "05"]
     assert {p.name[:2] for p in notebooks} <= set(run.COURSE + run.EXPERIMENTS)
-    assert {"07", "08"} <= {p.name[:2] for p in notebooks}
+    assert {"06", "07", "08"} <= {p.name[:2] for p in notebooks}
     assert run.unknown_parameters(run.QUICK, notebooks) == []
 
 
@@ -131,12 +131,14 @@ def test_experiments_run_after_the_course_and_a_missing_one_is_named(tmp_path, m
     wider, absent = run.run_set(found, experiments=True)
     assert [p.name[:2] for p in wider] == [*run.COURSE, "07", "08"] and absent == ["06"]
     assert [p.name[:2] for p in run.select_notebooks(wider, start="04")] == ["04", "05", "07", "08"]
+    assert [p.name[:2] for p in run.select_notebooks(found, only="07")] == ["07"]
 
     ran = []
     monkeypatch.setattr(run, "check_kernel", lambda kernel: None)
     monkeypatch.setattr(run, "run_all", lambda notebooks, *a, **k: ran.append([p.name[:2] for p in notebooks]) or [])
     for argv, expected in (([], list(run.COURSE)), (["--experiments"], [*run.COURSE, "07", "08"]),
-                           (["--only", "07"], ["07"])):
+                           (["--only", "07"], ["07"]), (["--from", "07"], ["07", "08"]),
+                           (["--from", "04"], ["04", "05"])):
         assert run.main(["--notebooks-dir", str(tmp_path), "--output-dir", str(tmp_path / "out"),
                          "--dataset", "demo", *argv]) == 0
         assert ran[-1] == expected, argv

@@ -187,12 +187,30 @@ def _split_files_in(folder: Path) -> dict[str, dict[int, Path]]:
 def class_names(cfg_or_splits_dir) -> list[str]:
     """The class list in label order (``class_names[label]``; its length is the networks' number of
     outputs): HMDB51's sorted (one class per set of split files, a dataset may have fewer than 51);
-    UCF101's all of ``classInd.txt``; mmaction2 lists' labels 0 .. the largest, as they number them."""
+    UCF101's all of ``classInd.txt``; mmaction2 lists' labels 0 .. the largest, as they number them.
+    A Config with a class subset (``cfg.classes``) gets those classes only, in the same order
+    (:func:`subset_classes`), labelled 0 .. k-1."""
     splits_dir = cfg_or_splits_dir.splits_dir if isinstance(cfg_or_splits_dir, Config) else cfg_or_splits_dir
     fmt, folder = split_formats.locate(splits_dir)
     if fmt not in (None, "hmdb51"):  # UCF101 / mmaction2 lists: indexed by the labels they define
-        return list(split_formats.load_table(splits_dir, fmt).attrs["class_names"])
-    return sorted(_split_files(folder))
+        names = list(split_formats.load_table(splits_dir, fmt).attrs["class_names"])
+    else:
+        names = sorted(_split_files(folder))
+    if isinstance(cfg_or_splits_dir, Config):
+        return subset_classes(names, cfg_or_splits_dir.classes, splits_dir)
+    return names
+
+
+def subset_classes(classes: list[str], subset, splits_dir="the split files") -> list[str]:
+    """The classes of ``subset`` (None: all) in the dataset's label order; labels are then 0 .. k-1
+    in that order, whatever order the subset was given in. Unknown names are an error naming them."""
+    if subset is None:
+        return list(classes)
+    unknown = [name for name in subset if name not in set(classes)]
+    if unknown:
+        raise ValueError(f"classes {unknown} are not classes of {splits_dir}; it has {len(classes)}: "
+                         f"{', '.join(classes)}")
+    return [name for name in classes if name in set(subset)]
 
 
 def load_splits(splits_dir, check_hmdb51: bool | None = None) -> pd.DataFrame:
@@ -364,7 +382,9 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
     Columns: video, filename, class_name, label, source, split1..split3, subset, video_path,
     has_video, frames_path, n_frames, n_flows, body_part, camera_motion, num_people,
     viewpoint, quality, clip. ``label`` is the dataset's own number (:func:`class_names`), and
-    ``index.attrs["class_names"]`` the whole class list by label. Videos missing from
+    ``index.attrs["class_names"]`` the whole class list by label. With a class subset (``cfg.classes``)
+    only its classes' videos, labelled 0 .. k-1 in the dataset's class order, each in the train / val /
+    test role it has in the whole dataset. Videos missing from
     ``cfg.videos_dir`` are kept (``has_video`` False) with a warning; ``strict=True`` raises
     instead. A dataset without ``videos/`` (frames made elsewhere, e.g. by mmaction2) is not
     warned about its videos, only about listed videos without a frames folder. Where mmaction2
@@ -375,19 +395,22 @@ def build_index(cfg: Config, strict: bool = False, check_hmdb51: bool | None = N
     _, defined_in = split_formats.locate(cfg.splits_dir)     # splits/, annotations/ or the lists' folder
     if (table[f"split{cfg.split}"] == "unused").all():
         raise ValueError(f"{defined_in} defines no clips for split {cfg.split}")
-    classes = list(table.attrs.get("class_names") or sorted(table["class_name"].unique()))
+    all_classes = list(table.attrs.get("class_names") or sorted(table["class_name"].unique()))
+    classes = subset_classes(all_classes, cfg.classes, cfg.splits_dir)
     label_of = {name: i for i, name in enumerate(classes)}
 
     meta = pd.DataFrame(
         [parse_meta(f, c) for f, c in zip(table["filename"], table["class_name"])], index=table.index
     )
     index = pd.concat([table, meta], axis=1)
-    index["label"] = index["class_name"].map(label_of).astype(int)
+    # carved on every class, then cut: a class keeps the same validation videos in a subset
     index["subset"] = carve_validation(index, cfg.split, cfg.val_fraction, cfg.seed)
+    index = index[index["class_name"].isin(classes)].reset_index(drop=True)
+    index["label"] = index["class_name"].map(label_of).astype(int)
 
     videos_dir, frames_dir = cfg.videos_dir, cfg.frames_dir
     present = sorted(set(index["class_name"]))
-    unlisted = unlisted_class_folders(videos_dir, classes)
+    unlisted = unlisted_class_folders(videos_dir, all_classes)
     if unlisted:
         warnings.warn(f"{len(unlisted)} folder(s) of {videos_dir} have no split files in {defined_in}, so "
                       f"their videos are not in the index (never trained on or tested): {', '.join(unlisted)}; "
@@ -481,13 +504,14 @@ class UsableVideos(NamedTuple):
 
 
 def usable_videos(index: pd.DataFrame, stack_length: int | None = None, *, frames_dir=None,
-                  allow_not_extracted: bool = False) -> UsableVideos:
+                  allow_not_extracted: bool = False, min_frames: int | None = None) -> UsableVideos:
     """The rows of ``index`` a stream can use, and the others with the reason, video by video.
 
     A video is usable when its frames are extracted and, given a ``stack_length`` L (the
     temporal stream; both streams at test time, where the RGB frame sits at a stack's start),
     when it has at least L flows, i.e. L + 1 frames. ``stack_length=None``: one frame is enough
-    (training the spatial stream). Videos left out are either ``NOT_EXTRACTED`` (the video is
+    (training the spatial stream); ``min_frames`` asks for that many frames (streams that read frames
+    only, such as SG3Is, at test time). Videos left out are either ``NOT_EXTRACTED`` (the video is
     there, its frames are not: raises FileNotFoundError naming them, since the extraction was
     not run or not finished, unless ``allow_not_extracted``) or ``UNUSABLE``: not on disk
     (``has_video`` False), listed in ``<frames_dir>/extraction_failures.csv`` (the reason is
@@ -516,6 +540,9 @@ def usable_videos(index: pd.DataFrame, stack_length: int | None = None, *, frame
         elif n_frames < 1:
             status.append(NOT_EXTRACTED)
             reasons.append("not extracted yet")
+        elif min_frames is not None and n_frames < min_frames:
+            status.append(UNUSABLE)
+            reasons.append(f"too short: {n_frames} frames; {min_frames} are needed")
         elif stack_length is not None and n_flows < stack_length:
             status.append(UNUSABLE)
             reasons.append(f"too short: {n_frames} frames, {n_flows} flows; a stack of L = {stack_length} "

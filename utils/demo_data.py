@@ -49,11 +49,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .config import Config, dataset_root
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GENERATOR_VERSION = 3
 MANIFEST_NAME = "demo_dataset.json"

@@ -17,6 +17,10 @@ the validation subset) with the arrays ``video``, ``label``, ``scores`` (videos 
 recomputed without the models. Score files are written to a temporary file and renamed; a long
 evaluation saves its progress every few videos and resumes from it.
 
+The SG3I stream (:mod:`utils.sg3i`, stream name ``"sg3i"``) is scored the same way: its SG3Is
+start where the temporal stream's stacks start and span the same L + 1 frames, counted on the
+frames, so a dataset extracted without flow is enough for it and for the spatial stream.
+
 Fusion is late fusion of softmax scores: the plain average of the two streams (Simonyan &
 Zisserman 2014) or a weighted average ``w * spatial + (1 - w) * temporal`` whose weight is
 chosen on the *validation* videos, never on the test videos.
@@ -39,9 +43,11 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
 
 from utils.config import Config
+from utils.rawframes import holds_no_flow
 from utils.writers import remove_dead_temporaries
 
-STREAMS = ("spatial", "temporal")
+STREAMS = ("spatial", "temporal")       # the two streams of the paper, fused by notebooks 04 and 05
+ALL_STREAMS = STREAMS + ("sg3i",)       # every stream this module can score (sg3i: utils.sg3i)
 PROTOCOLS = ("one_frame", "whole_video")
 SUBSETS = ("test", "val")
 FUSION_WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # candidate w, steps of 0.05
@@ -79,27 +85,30 @@ def one_frame_start(n_flows: int, stack_length: int = 10) -> int:
 
 def input_positions(stream: str, protocol: str, n_frames: int, n_flows: int,
                     stack_length: int = 10, stride: int = 1, segments: int | None = None) -> list[int]:
-    """1-based frame indices (spatial) or stack starts (temporal) that a protocol evaluates.
+    """1-based frame indices (spatial) or stack / SG3I starts (temporal, sg3i) that a protocol evaluates.
 
     ``"whole_video"`` takes every ``stride``-th frame / stack start, or, with ``segments``, that many
-    equally spaced ones (the paper's 25; all of them when the clip has fewer).
+    equally spaced ones (the paper's 25; all of them when the clip has fewer). The spatial and SG3I
+    positions are counted on the frames (a clip of ``n_frames`` frames has room for ``n_frames - 1``
+    flows), so they need no flow on disk; with flow they are the positions of the temporal stream's.
     """
-    _check_choice("stream", stream, STREAMS)
+    _check_choice("stream", stream, ALL_STREAMS)
     _check_choice("protocol", protocol, PROTOCOLS)
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if segments is not None and segments < 1:
         raise ValueError(f"segments must be >= 1 or None, got {segments}")
     if protocol == "one_frame":
-        return [one_frame_start(n_flows, stack_length)]
+        return [one_frame_start(n_flows if stream == "temporal" else n_frames - 1, stack_length)]
     if stream == "spatial":
         if n_frames < 1:
             raise ValueError("a clip without frames cannot be evaluated")
         n_positions = n_frames
     else:
-        if n_flows < stack_length:
-            raise ValueError(f"a clip with {n_flows} flows is too short for a stack of {stack_length}")
-        n_positions = n_flows - stack_length + 1
+        n_stacks = n_flows if stream == "temporal" else n_frames - 1
+        if n_stacks < stack_length:
+            raise ValueError(f"a clip with {n_stacks} flows is too short for a stack of {stack_length}")
+        n_positions = n_stacks - stack_length + 1
     if segments is not None:
         from utils.generators import evenly_spaced
 
@@ -347,6 +356,12 @@ def load_video_inputs(stream: str, frames_path: str | os.PathLike, positions: Se
     positions = [int(p) for p in positions]
     if any(b <= a for a, b in zip(positions, positions[1:])):
         raise ValueError("positions must be strictly increasing")
+    if stream == "sg3i":     # SG3Is of frames start, start + L // 2, start + L (utils.sg3i)
+        from utils import sg3i
+
+        yield from sg3i.video_inputs(frames_path, positions, span=stack_length, image_size=image_size,
+                                     batch_size=batch_size, crops=crops)
+        return
     per_batch = max(1, batch_size // crops)
     if stream == "spatial":
         for i in range(0, len(positions), per_batch):
@@ -437,12 +452,15 @@ def score_videos(model, rows: pd.DataFrame, stream: str, protocol: str, *, n_cla
 
 
 def evaluation_rows(cfg: Config, subset: str = "test", *, index: pd.DataFrame | None = None,
-                    stack_length: int | None = None, allow_missing: bool = False) -> pd.DataFrame:
+                    stack_length: int | None = None, allow_missing: bool = False,
+                    needs_flow: bool = True) -> pd.DataFrame:
     """The usable videos of ``subset`` for ``cfg.split``, in index order (see ``dataset.usable_videos``).
 
     ``stack_length`` is L (default ``cfg.stack_length``, which the temporal model must match):
-    both streams need L + 1 frames, since the one-frame protocol pairs the RGB frame with a
-    stack's start. A video that is on disk but not extracted is an error naming it (accuracy on
+    every stream needs L + 1 frames, since the one-frame protocol pairs the RGB frame with a
+    stack's start; ``needs_flow`` (the temporal stream) also needs their L flows on disk, while
+    the spatial and SG3I streams count the frames only (on a complete extraction that is the same
+    set of videos). A video that is on disk but not extracted is an error naming it (accuracy on
     part of the test split is not comparable with anything; run the extraction);
     ``allow_missing=True`` skips them too (for experiments only). Videos that cannot be used (not
     on disk, extraction failed, too short) are left out with a warning naming each. Either way
@@ -460,7 +478,8 @@ def evaluation_rows(cfg: Config, subset: str = "test", *, index: pd.DataFrame | 
     if rows.empty:
         raise ValueError(f"no '{subset}' videos in split {cfg.split} of {cfg.data_root}")
     try:
-        usable = usable_videos(rows, stack_length, frames_dir=cfg.frames_dir, allow_not_extracted=allow_missing)
+        usable = usable_videos(rows, stack_length if needs_flow else None, frames_dir=cfg.frames_dir,
+                               allow_not_extracted=allow_missing, min_frames=None if needs_flow else stack_length + 1)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"'{subset}' videos: {error}") from None
     if len(usable.excluded):
@@ -561,22 +580,23 @@ def checkpoint_input_shape(path: str | os.PathLike) -> tuple | None:
 
 
 def check_stream_input(shape, stream: str, source) -> None:
-    """Raise unless ``shape`` ``(None, H, W, C)`` is an input of ``stream``: C = 3 (RGB) or C = 2L (flow).
+    """Raise unless ``shape`` ``(None, H, W, C)`` is an input of ``stream``: C = 3 (RGB frames, SG3Is)
+    or C = 2L (flow).
 
     ``source`` names the checkpoint (or model) in the message; a None shape is not checked.
     """
-    _check_choice("stream", stream, STREAMS)
+    _check_choice("stream", stream, ALL_STREAMS)
     if shape is None or not shape[-1]:
         return
     channels = int(shape[-1])
     found = "spatial" if channels == 3 else "temporal" if channels % 2 == 0 else None
-    if found == stream:
+    if found == stream or (stream == "sg3i" and found == "spatial"):
         return
     size = "x".join(str(n) for n in shape[1:])
     has = (f"a spatial-stream model (input {size}: RGB frames)" if found == "spatial" else
            f"a temporal-stream model (input {size}: stacks of L = {channels // 2} flows)" if found else
            f"a model with input {size}, which is neither stream's")
-    wanted = ("RGB frames, H x W x 3" if stream == "spatial" else "flow stacks, H x W x 2L")
+    wanted = {"spatial": "RGB frames, H x W x 3", "sg3i": "SG3Is, H x W x 3"}.get(stream, "flow stacks, H x W x 2L")
     raise ValueError(f"{source} is {has}; the {stream} stream takes {wanted}: check which checkpoint "
                      f"is given for which stream")
 
@@ -605,7 +625,7 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     (flow method, frame size, ...), the same stack length, protocol, crops and videos
     (``force=True`` recomputes); an interrupted run resumes from its last saved progress.
     """
-    _check_choice("stream", stream, STREAMS)
+    _check_choice("stream", stream, ALL_STREAMS)
     _check_choice("protocol", protocol, PROTOCOLS)
     protocol_id = protocol_settings(protocol, stride=stride, segments=segments, crops=crops)
     ckpt = checkpoint_path(cfg, stream, checkpoint)
@@ -624,8 +644,12 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
     if model is None and stream == "temporal":
         check_trained_flow(ckpt, extraction, Path(cfg.frames_dir))
     image_size, stack_length = cfg.image_size, cfg.stack_length
+    if stream == "temporal" and holds_no_flow(extraction):
+        raise ValueError(f"{cfg.frames_dir} holds frames only (extracted without optical flow, --no-flow): the "
+                         f"temporal stream needs flow; extract with a flow method into another dataset folder, or "
+                         f"score the streams that read frames only ({', '.join(s for s in ALL_STREAMS if s != stream)})")
     rows = evaluation_rows(cfg, subset, index=index, stack_length=stack_length,
-                           allow_missing=allow_missing)
+                           allow_missing=allow_missing, needs_flow=stream == "temporal")
     settings = {"stream": stream, "subset": subset, **protocol_id, "stack_length": stack_length,
                 "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
                 "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0),

@@ -19,6 +19,8 @@ Command line (a thin wrapper over :func:`extract_dataset`)::
 
     python -m utils.extract --dataset demo                    # data/demo/videos -> data/demo/rawframes
     python -m utils.extract --videos DIR --out DIR --method dis --workers 2 --short-side 256
+    python -m utils.extract --dataset hmdb51 --no-flow        # RGB frames only (the SG3I stream's input)
+    python -m utils.extract --dataset hmdb51 --fps 6          # resampled to 6 fps -> rawframes_6fps/
 """
 from __future__ import annotations
 
@@ -40,11 +42,11 @@ from tqdm.auto import tqdm   # a widget in Jupyter (one output, not one per upda
 
 from utils import dataset
 from utils import extract_cluster as cluster
-from utils.config import Config
+from utils.config import Config, resolve_classes
 from utils.extract_batched import run_batched
 from utils import writers
 from utils.extract_job import (ExtractionSettings, Job, Result, check_settings, clean_stale_tmp, flow_fn_for,
-                               init_worker, output_size, run_job, scan_videos, stops_run)
+                               init_worker, list_videos, output_size, run_job, scan_videos, stops_run)
 from utils.flow import FLOW_METHODS, check_flow_method
 from utils.rawframes import FAILURES_FILE, TMP_PREFIX, WARNINGS_FILE
 
@@ -61,12 +63,13 @@ class ExtractionSummary:
     """What one :func:`extract_dataset` call did."""
 
     out_dir: Path
-    method: str
+    method: str | None              # None: frames only
     workers: int
     done: int = 0
     skipped: int = 0
     failed: int = 0
-    frame_pairs: int = 0            # flow pairs computed in this run (done videos only)
+    frame_pairs: int = 0            # pairs of consecutive frames stored in this run (done videos only)
+    frames: int = 0                 # frames stored in this run (done videos only)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)   # (video path, reason)
     warnings: list[tuple[str, str]] = field(default_factory=list)   # (video path, warning): extracted, damaged?
@@ -80,10 +83,17 @@ class ExtractionSummary:
     def seconds_per_pair(self) -> float:
         return self.seconds / self.frame_pairs if self.frame_pairs else float("nan")
 
+    @property
+    def frames_per_second(self) -> float:
+        """Frames stored per second of wall clock (decoding, resizing and writing the JPEGs)."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
     def __str__(self) -> str:
+        work = (f"{self.frame_pairs} frame pairs in {self.seconds:.1f} s ({self.pairs_per_second:.1f} pairs/s, "
+                f"method {self.method}" if self.method is not None else
+                f"{self.frames} frames in {self.seconds:.1f} s ({self.frames_per_second:.1f} frames/s, frames only")
         text = (f"{self.done} done, {self.skipped} skipped (already there), {self.failed} failed; "
-                f"{self.frame_pairs} frame pairs in {self.seconds:.1f} s "
-                f"({self.pairs_per_second:.1f} pairs/s, method {self.method}, {self.workers} worker(s))")
+                f"{work}, {self.workers} worker(s))")
         if self.failures:
             text += f"; failures listed in {self.out_dir / FAILURES_FILE}"
         if self.warnings:
@@ -95,9 +105,10 @@ class ExtractionSummary:
         return text
 
 
-def default_workers(method: str) -> int:
+def default_workers(method: str | None) -> int:
     """One worker process per available core (batched methods: processes that decode and write)."""
-    check_flow_method(method)
+    if method is not None:
+        check_flow_method(method)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -117,14 +128,19 @@ def _resolve_videos(videos_dir: Path, videos: Iterable[str | Path] | None) -> tu
     return paths, []
 
 
-def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "tvl1",
+def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str | None = "tvl1",
                     workers: int | None = None, *, videos: Iterable[str | Path] | None = None,
                     size: tuple[int, int] | None = None, short_side: int | None = None,
                     max_frames: int | None = None, jpeg_quality: int = 95,
                     method_options: dict | None = None, opencv_threads: int = 1,
                     progress: bool = True, splits_dir: str | Path | None = None,
-                    shard: tuple[int, int] | None = None, ray_address: str | None = None) -> ExtractionSummary:
+                    shard: tuple[int, int] | None = None, ray_address: str | None = None,
+                    fps: int | None = None) -> ExtractionSummary:
     """Extract frames and flow for every ``<class>/<video>`` under ``videos_dir`` into ``out_dir``.
+
+    ``method=None`` stores the frames only (no flow); ``fps`` resamples every video to that frame
+    rate first (:func:`utils.extract_job.resample_indices`). Both are recorded in the folder's
+    settings file, so a folder never mixes them with other frames.
 
     Resumable: videos whose output folder exists are skipped. ``videos`` restricts the run to
     these paths (relative to ``videos_dir`` or absolute; e.g. the ones listed in the split
@@ -144,16 +160,21 @@ def extract_dataset(videos_dir: str | Path, out_dir: str | Path, method: str = "
     start = time.perf_counter()
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     _check_options(workers=workers, size=size, short_side=short_side, max_frames=max_frames,
-                   jpeg_quality=jpeg_quality, opencv_threads=opencv_threads)
-    flow_method = check_flow_method(method)             # e.g. missing opencv-contrib: fail here, early
+                   jpeg_quality=jpeg_quality, opencv_threads=opencv_threads, fps=fps)
+    flow_method = None
+    if method is not None:
+        flow_method = check_flow_method(method)         # e.g. missing opencv-contrib: fail here, early
+    elif method_options:
+        raise ValueError(f"flow options {method_options} given, but method=None extracts no flow")
+    batched = method is not None and flow_method.batched
     workers = default_workers(method) if workers is None else int(workers)
     settings = ExtractionSettings(method=method, size=tuple(size) if size else None, short_side=short_side,
                                   max_frames=max_frames, jpeg_quality=jpeg_quality,
-                                  method_options=dict(method_options or {}))
+                                  method_options=dict(method_options or {}), fps=fps)
     output_size(1, 1, settings.size, settings.short_side)   # validates size vs short_side
     video_paths, not_videos = _resolve_videos(videos_dir, videos)
     if shard is not None or ray_address is not None:
-        if ray_address is not None and flow_method.batched:
+        if ray_address is not None and batched:
             raise ValueError(f"--ray sends one task per video to CPU workers; {method!r} is batched (a GPU "
                              f"in one process): split the videos with --shard K/N instead")
         if shard is not None:
@@ -172,7 +193,8 @@ def _extract(videos_dir: Path, out_dir: Path, settings: ExtractionSettings, flow
              video_paths: list[Path], not_videos: list[tuple[str, str]], *, opencv_threads: int, progress: bool,
              splits_dir, shard, ray_address, start: float) -> ExtractionSummary:
     """The work of :func:`extract_dataset` once its options are checked and it holds the output folder."""
-    method = settings.method
+    method, fps = settings.method, settings.fps
+    batched = method is not None and flow_method.batched
     if shard is not None or ray_address is not None:    # this run owns its videos, on whichever node
         stale = cluster.remove_own_tmp(out_dir / p.parent.name / p.stem for p in video_paths)
     else:
@@ -197,17 +219,19 @@ def _extract(videos_dir: Path, out_dir: Path, settings: ExtractionSettings, flow
             jobs.append(Job(str(path), str(video_out_dir), settings))
         seen.add(video_out_dir)
 
-    if flow_method.batched and jobs:   # build it here, once, so its device can be logged
+    if batched and jobs:   # build it here, once, so its device can be logged
         device = f"{getattr(flow_fn_for(settings), 'device', 'in this process')}; {workers} process(es) decode and write"
     else:
         device = f"CPU, {workers} process(es) x {opencv_threads} OpenCV thread(s)"
-    log.info("extracting %d video(s) (%d already done) from %s to %s; flow method %r (%s, %s)",
-             len(jobs), summary.skipped, videos_dir, out_dir, method, flow_method.execution, device)
+    log.info("extracting %d video(s) (%d already done) from %s to %s; %s (%s)%s",
+             len(jobs), summary.skipped, videos_dir, out_dir,
+             f"flow method {method!r}, {flow_method.execution}" if method is not None else "frames only", device,
+             f"; resampled to {fps} fps" if fps else "")
 
     new_warnings: list[tuple[str, str]] = []
-    with tqdm(total=len(jobs), unit="video", desc=f"frames+flow ({method})", disable=not progress or not jobs,
-              dynamic_ncols=True) as bar:
-        if flow_method.batched and jobs:    # flow here, batched over videos; decoding and writing in workers
+    with tqdm(total=len(jobs), unit="video", desc=f"frames+flow ({method})" if method else "frames only",
+              disable=not progress or not jobs, dynamic_ncols=True) as bar:
+        if batched and jobs:    # flow here, batched over videos; decoding and writing in workers
             results = run_batched(jobs, flow_fn_for(settings), workers, opencv_threads)
         elif ray_address is not None and jobs:
             summary.workers = cluster.ray_cpus(ray_address) // opencv_threads
@@ -223,6 +247,7 @@ def _extract(videos_dir: Path, out_dir: Path, settings: ExtractionSettings, flow
             if result.error is None:
                 summary.done += 1
                 summary.frame_pairs += result.frame_pairs
+                summary.frames += result.frame_pairs + 1
                 for note in result.warnings:
                     new_warnings.append((result.video_path, note))
                     log.warning("extracted, but: %s: %s", result.video_path, note)
@@ -323,7 +348,7 @@ def _read_warnings(path: Path) -> list[tuple[str, str]]:
     return [(video, warning) for video, warning in rows]
 
 
-def _check_options(*, workers, size, short_side, max_frames, jpeg_quality, opencv_threads=1) -> None:
+def _check_options(*, workers, size, short_side, max_frames, jpeg_quality, opencv_threads=1, fps=None) -> None:
     """ValueError for option values that would fail on every video or be silently changed."""
     problems = []
     if workers is not None and int(workers) < 1:
@@ -338,6 +363,8 @@ def _check_options(*, workers, size, short_side, max_frames, jpeg_quality, openc
         problems.append(f"max_frames must be >= 2 (a flow needs two frames), got {max_frames}")
     if not 0 <= jpeg_quality <= 100:
         problems.append(f"jpeg_quality must be in 0 ... 100 (OpenCV's range), got {jpeg_quality}")
+    if fps is not None and (type(fps) is not int or fps < 1):
+        problems.append(f"fps must be a whole number of frames per second >= 1 (e.g. 6), got {fps!r}")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -415,6 +442,16 @@ def _read_video_list(path: Path) -> list[str]:
     return videos
 
 
+def _class_videos(videos_dir: Path, classes: Sequence[str], videos: list[str] | None) -> list[str]:
+    """The videos (``<class>/<file>``) of ``classes`` among ``videos`` (default: all of ``videos_dir``);
+    a class without a folder there is an error naming it."""
+    missing = [name for name in classes if not (Path(videos_dir) / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"--classes: no class folder {', '.join(missing)} in {videos_dir}")
+    paths = videos if videos is not None else [str(p.relative_to(videos_dir)) for p in list_videos(videos_dir)]
+    return [v for v in paths if Path(v).parent.name in set(classes)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m utils.extract", description=__doc__.split("\n\n")[0],
@@ -422,7 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", help="demo | hmdb51 | PATH: take --videos/--out from utils.config.Config")
     parser.add_argument("--videos", type=Path, help="folder of <class>/<video> files")
     parser.add_argument("--out", type=Path, help="output folder (<class>/<video>/img_*.jpg, flow_[xy]_*.jpg)")
-    parser.add_argument("--method", default="tvl1", choices=sorted(FLOW_METHODS), help="optical flow method")
+    parser.add_argument("--method", default=None, choices=sorted(FLOW_METHODS),
+                        help="optical flow method (default: tvl1)")
+    parser.add_argument("--no-flow", action="store_true",
+                        help="RGB frames only, no optical flow (enough for the SG3I stream, notebook 06)")
+    parser.add_argument("--fps", type=int, help="resample every video to this frame rate first, e.g. 6 "
+                                                "(with --dataset: into rawframes_<fps>fps/)")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
     parser.add_argument("--opencv-threads", type=_at_least_one, default=1, help="OpenCV threads per process")
     resize = parser.add_mutually_exclusive_group()
@@ -432,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--list", type=Path, dest="video_list",
                         help="text file of videos to extract, one <class>/<file> per line (default: all)")
+    parser.add_argument("--classes", help="only the videos of these class folders: stanford40 (the 12 classes "
+                                          "HMDB51 shares with Stanford 40), a file of names, or names a,b,c")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--shard", metavar="K/N", help="only the K-th of N parts of the video list (1-based; "
                                                       "the same split every run: array jobs, e.g. Slurm)")
@@ -445,9 +489,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns 0 when every video was extracted, 1 if some failed, 2 on bad usage."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.no_flow and args.method:
+        parser.error(f"--no-flow computes no optical flow: drop --method {args.method}")
+    method = None if args.no_flow else (args.method or "tvl1")
     splits_dir = None
     if args.dataset:
-        cfg = Config(dataset=args.dataset)
+        try:
+            cfg = Config(dataset=args.dataset, fps=args.fps)
+        except ValueError as error:
+            parser.error(str(error))
         args.videos = args.videos or cfg.videos_dir
         args.out = args.out or cfg.frames_dir
         splits_dir = cfg.splits_dir
@@ -462,7 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(error))
     try:
         videos = _read_video_list(args.video_list) if args.video_list else None
-        summary = extract_dataset(args.videos, args.out, args.method, args.workers, videos=videos,
+        if args.classes:
+            videos = _class_videos(args.videos, resolve_classes(args.classes), videos)
+        summary = extract_dataset(args.videos, args.out, method, args.workers, videos=videos, fps=args.fps,
                                   size=args.size, short_side=args.short_side, max_frames=args.max_frames,
                                   jpeg_quality=args.jpeg_quality, opencv_threads=args.opencv_threads,
                                   progress=not args.no_progress, splits_dir=splits_dir, shard=shard,

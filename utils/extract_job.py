@@ -14,6 +14,11 @@ decoded frames than the container announces, beyond the one frame HMDB51's AVIs 
 FFmpeg decoder errors such as "ac-tex damaged", which FFmpeg prints without naming the file) get
 warnings.
 
+Two settings change which frames are stored: ``fps`` resamples the video to that frame rate
+(frame ``k`` is the decoded frame nearest to time ``k / fps``; :func:`resample_indices`), so that
+flow ``i`` goes from the frame at ``(i - 1) / fps`` to the one at ``i / fps``; ``method=None``
+stores the frames only (no flow files), all a motion stream without flow needs (:mod:`utils.sg3i`).
+
 Every executor calls the same pieces: :func:`run_job` (a :class:`Job` in, a :class:`Result` out,
 never raising) in the local process pool and on Ray (:mod:`utils.extract`,
 :mod:`utils.extract_cluster`); :func:`decode_video` and :func:`write_flows` in the batched GPU
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import json
 import os
 import re
@@ -58,21 +64,35 @@ class VideoReadError(Exception):
 # --- settings that must not change between a run and its resumption ----------------------------
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """Everything that changes the bytes written; stored in ``<out_dir>/extraction_settings.json``."""
+    """Everything that changes the bytes written; stored in ``<out_dir>/extraction_settings.json``.
 
-    method: str = "tvl1"
+    A settings file written before a field existed reads as that field's default (see
+    :func:`check_settings`), so frames extracted then are not refused.
+    """
+
+    method: str | None = "tvl1"                # flow method; None: the frames only (no flow)
     size: tuple[int, int] | None = None        # (width, height) of the stored frames, or None
     short_side: int | None = None              # resize so the shorter side has this length
-    max_frames: int | None = None              # only the first N decodable frames (quick runs)
+    max_frames: int | None = None              # only the first N stored frames (quick runs)
     jpeg_quality: int = 95
     flow_bound: float = FLOW_BOUND
     method_options: dict = field(default_factory=dict)
+    fps: int | None = None                     # frames resampled to this rate (None: every frame)
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["size"] = list(self.size) if self.size else None
         return data
 
+    @property
+    def flow(self) -> bool:
+        """Whether optical flow is computed and stored (False: frames only)."""
+        return self.method is not None
+
+
+def with_defaults(found: dict) -> dict:
+    """A stored settings dict with the fields it lacks (written by an earlier version) at their defaults."""
+    return {**ExtractionSettings().to_json(), **found}
 
 
 def check_settings(out_dir: Path, settings: ExtractionSettings) -> None:
@@ -109,6 +129,7 @@ def check_settings(out_dir: Path, settings: ExtractionSettings) -> None:
             write_atomically(path, json.dumps({**found, "added_here": wanted}, indent=2) + "\n")
             return
         found = found["added_here"]          # the videos added here share one setting
+    found = with_defaults(found)             # a file of an earlier version: its missing fields at their defaults
     if found != wanted:
         changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
         raise ValueError(
@@ -201,12 +222,14 @@ def entry_kind(path: str | os.PathLike) -> str:
     return what + (f" (-> {os.readlink(path)})" if os.path.islink(path) else "")
 
 
-def iter_frames(video_path: str | Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
+def iter_frames(video_path: str | Path, max_frames: int | None = None, fps: int | None = None) -> Iterator[np.ndarray]:
     """Decode a video frame by frame (BGR uint8) until OpenCV stops, or ``max_frames``.
 
     The frame count in the header is not trusted (HMDB51 AVIs report one frame more than
-    decodes); what counts is what ``read()`` returns. Raises :class:`VideoReadError` with the
-    reason when the file is missing, empty or cannot be opened.
+    decodes); what counts is what ``read()`` returns. With ``fps``, only the frames nearest to
+    the times ``0, 1/fps, 2/fps, ...`` (:func:`resample_indices`; the video's own rate from its
+    header); ``max_frames`` then counts those. Raises :class:`VideoReadError` with the
+    reason when the file is missing, empty or cannot be opened, or its frame rate is unknown.
     """
     video_path = Path(video_path)
     check_name(video_path)
@@ -219,15 +242,49 @@ def iter_frames(video_path: str | Path, max_frames: int | None = None) -> Iterat
     try:
         if not capture.isOpened():
             raise VideoReadError("OpenCV cannot open it (corrupt file or unsupported format)")
-        count = 0
+        keep = resampled_frame_numbers(capture, fps)
+        count = decoded = 0
+        wanted = next(keep)
         while max_frames is None or count < max_frames:
             ok, frame = capture.read()
             if not ok or frame is None:
                 break
-            count += 1
-            yield frame
+            decoded += 1
+            if decoded - 1 == wanted:
+                count += 1
+                wanted = next(keep)
+                yield frame
     finally:
         capture.release()
+
+
+def resampled_frame(k: int, native_fps: float, fps: float) -> int:
+    """0-based number of the video frame stored as frame ``k`` when a video at ``native_fps`` is
+    resampled to ``fps``: the frame nearest to the time ``k / fps`` (``round(k * native_fps / fps)``,
+    halves rounded up). At or above the video's own rate every frame is kept once (never repeated)."""
+    if native_fps <= 0 or fps <= 0:
+        raise ValueError(f"frame rates must be positive, got native {native_fps}, target {fps}")
+    return int(k) if fps >= native_fps else int(np.floor(k * native_fps / fps + 0.5))
+
+
+def resample_indices(n_frames: int, native_fps: float, fps: float) -> np.ndarray:
+    """The 0-based numbers of the frames of a video of ``n_frames`` kept by :func:`resampled_frame`."""
+    kept = itertools.takewhile(lambda j: j < n_frames,
+                               (resampled_frame(k, native_fps, fps) for k in itertools.count()))
+    return np.fromiter(kept, dtype=np.int64)
+
+
+def resampled_frame_numbers(capture, fps: int | None) -> Iterator[int]:
+    """The 0-based numbers of the frames to keep from an open ``capture``, one by one: all of them
+    without ``fps``; with it, those of :func:`resampled_frame` at the rate its header gives."""
+    if fps is None:
+        yield from itertools.count()
+        return
+    native = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    if not native > 0 or not np.isfinite(native):
+        raise VideoReadError(f"its header gives no frame rate, so it cannot be resampled to {fps} fps")
+    for k in itertools.count():
+        yield resampled_frame(k, native, fps)
 
 
 def check_name(video_path: Path) -> None:
@@ -240,12 +297,19 @@ def check_name(video_path: Path) -> None:
                              "and run again") from None
 
 
-def header_frame_count(video_path: str | Path) -> int:
-    """Frame count announced by the container (OpenCV's CAP_PROP_FRAME_COUNT; 0 when unknown)."""
+def header_frame_count(video_path: str | Path, fps: int | None = None) -> int:
+    """Frame count announced by the container (OpenCV's CAP_PROP_FRAME_COUNT; 0 when unknown);
+    with ``fps``, how many of them resampling to ``fps`` keeps (:func:`resample_indices`)."""
     check_name(Path(video_path))
     capture = cv2.VideoCapture(str(video_path))
     try:
-        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
+        if not capture.isOpened():
+            return 0
+        announced = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+        native = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        if fps is None or not native > 0:
+            return announced
+        return len(resample_indices(announced, native, fps))
     finally:
         capture.release()
 
@@ -334,9 +398,9 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
 def stored_frames(video_path: str | Path, folder: Path, settings: ExtractionSettings) -> Iterator[np.ndarray]:
     """Decode a video, resize each frame to its stored size, write it as ``img_*.jpg`` into ``folder``
     and yield it as grayscale (the input of the flow). Raises :class:`VideoReadError` for videos with
-    fewer than 2 decodable frames."""
+    fewer than 2 decodable frames (1 is enough when no flow is computed)."""
     target, count = None, 0
-    for frame in iter_frames(video_path, settings.max_frames):
+    for frame in iter_frames(video_path, settings.max_frames, settings.fps):
         if target is None:
             target = output_size(frame.shape[1], frame.shape[0], settings.size, settings.short_side)
         if (frame.shape[1], frame.shape[0]) != target:
@@ -347,7 +411,7 @@ def stored_frames(video_path: str | Path, folder: Path, settings: ExtractionSett
         yield cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     if count == 0:
         raise VideoReadError("no decodable frames")
-    if count == 1:
+    if count == 1 and settings.flow:
         raise VideoReadError("only 1 decodable frame; optical flow needs at least 2")
 
 
@@ -379,7 +443,8 @@ def move_into_place(tmp_dir: Path, video_out_dir: Path) -> None:
 
 def extract_video(video_path: str | Path, video_out_dir: str | Path, flow_fn=None, *,
                   settings: ExtractionSettings = ExtractionSettings(), chunk_frames: int | None = None) -> int:
-    """Write one video's frames and flows to ``video_out_dir``; returns the number of frame pairs.
+    """Write one video's frames and flows to ``video_out_dir``; returns the number of frame pairs
+    (stored frames - 1; their flows are not computed when ``settings.method`` is None).
 
     Writes into a hidden temporary sibling folder and renames it at the end, so
     ``video_out_dir`` either does not exist or is complete. ``flow_fn`` is a per-video flow
@@ -389,14 +454,19 @@ def extract_video(video_path: str | Path, video_out_dir: str | Path, flow_fn=Non
     :class:`VideoReadError` for videos with fewer than 2 decodable frames.
     """
     video_out_dir = Path(video_out_dir)
-    if flow_fn is None:
+    if flow_fn is None and settings.flow:
         flow_fn = make_video_flow(settings.method, **settings.method_options)
-    chunk_frames = chunk_frames or get_flow_method(settings.method).chunk_frames
+    if settings.flow:
+        chunk_frames = chunk_frames or get_flow_method(settings.method).chunk_frames
     tmp_dir = tmp_folder(video_out_dir)
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)
     tmp_dir.mkdir(parents=True)
     try:
+        if not settings.flow:          # the frames only
+            n_frames = sum(1 for _ in stored_frames(video_path, tmp_dir, settings))
+            move_into_place(tmp_dir, video_out_dir)
+            return n_frames - 1
         n_frames = 0
         chunk: list[np.ndarray] = []    # frames whose flow to the next frame is not written yet
         for gray in stored_frames(video_path, tmp_dir, settings):
@@ -432,7 +502,7 @@ def decode_video(video_path: str, tmp_dir: str, settings: ExtractionSettings) ->
     try:
         with decoder_messages(messages):
             gray = np.stack(list(stored_frames(video_path, Path(tmp_dir), settings)))
-            announced = header_frame_count(video_path)
+            announced = header_frame_count(video_path, settings.fps)
     except VideoReadError as error:
         raise VideoReadError(with_decoder_message(error, messages)) from None
     return gray, damage_warnings(len(gray), announced, messages, settings.max_frames)
@@ -470,6 +540,8 @@ _flow_fns: dict = {}               # one flow callable per (method, options) and
 def flow_fn_for(settings: ExtractionSettings):
     """This process's flow callable for ``settings`` (built once, then reused: a TV-L1 object or a
     compiled Keras program is expensive to make)."""
+    if not settings.flow:
+        return None                 # frames only: no flow to compute
     key = settings.method, json.dumps(settings.method_options, sort_keys=True)
     if key not in _flow_fns:
         _flow_fns[key] = make_video_flow(settings.method, **settings.method_options)
@@ -495,7 +567,7 @@ def run_job(job: Job) -> Result:
         flow_fn = flow_fn_for(job.settings)
         with decoder_messages(messages):
             pairs = extract_video(job.video_path, job.video_out_dir, flow_fn, settings=job.settings)
-            announced = header_frame_count(job.video_path)
+            announced = header_frame_count(job.video_path, job.settings.fps)
         return Result(job.video_path, frame_pairs=pairs,
                       warnings=damage_warnings(pairs + 1, announced, messages, job.settings.max_frames))
     except VideoReadError as error:

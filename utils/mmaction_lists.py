@@ -26,6 +26,10 @@ never overwrites a file it did not write (it keeps the SHA-256 of what it wrote 
 writes beside the lists of another dataset name (the folder would then hold lists of two datasets,
 which the index refuses): it refuses before writing anything, and ``--out`` writes elsewhere. Only
 the splits that list an extracted video are written.
+The lists of a class subset or of frames resampled to a fixed fps (``cfg.variant``, e.g.
+``_12cls-1a2b3c``) go to their own folder ``lists_<variant>/``, named ``<dataset><variant>_...``, with
+the subset's labels 0 .. k-1 (those of the run's index, its models and its score files), so they never
+replace the full lists.
 :func:`utils.split_formats.load_list_splits` reads such files, in ``splits/`` or in the dataset
 folder, as the split table of :func:`utils.dataset.load_splits`, so frames and lists made with
 mmaction2's tools (``build_rawframes.py``, ``build_file_list.py``) run through these notebooks.
@@ -129,7 +133,8 @@ def write_lists(cfg, index: pd.DataFrame | None = None, out_dir=None, dataset_na
     """Write ``<dataset>_{train,val}_split_<k>_rawframes.txt`` for the extracted videos of ``cfg``.
 
     ``out_dir`` defaults to the dataset folder (next to ``rawframes/``, where mmaction2's configs
-    look); ``dataset_name`` to ``cfg.dataset_name``. Splits without any extracted video are not
+    look), or ``lists_<variant>/`` in it for a class subset or a fixed fps; ``dataset_name`` to
+    ``cfg.dataset_name`` plus that variant. Splits without any extracted video are not
     written. Nothing is written when a file would overwrite one this module did not write, or when
     ``out_dir`` holds lists of another dataset name (:func:`plan_lists`: :class:`ListsNotWritten`).
     Each file is written to a temporary name and renamed. Returns ``{"files": [paths of the lists,
@@ -140,8 +145,9 @@ def write_lists(cfg, index: pd.DataFrame | None = None, out_dir=None, dataset_na
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)   # videos missing on disk: the lists need frames only
             index = build_index(cfg)
-    out_dir = Path(out_dir) if out_dir is not None else Path(cfg.data_root)
-    name = dataset_name or cfg.dataset_name
+    variant = getattr(cfg, "variant", "")
+    out_dir = Path(out_dir) if out_dir is not None else Path(cfg.data_root) / (f"lists{variant}" if variant else "")
+    name = dataset_name or cfg.dataset_name + variant
     texts = {}
     for split in SPLITS:
         lines = {subset: list_lines(index, split, subset) for subset in SUBSET_ROLES}
@@ -170,9 +176,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", required=True, help="demo | hmdb51 | PATH of a dataset folder")
     parser.add_argument("--out", type=Path, help="folder for the list files (default: the dataset folder); "
                         "files this tool did not write are never overwritten")
+    parser.add_argument("--classes", help="a class subset: stanford40, a file of names, or names separated by commas")
+    parser.add_argument("--fps", type=int, help="the frames resampled to this rate (rawframes_<fps>fps/)")
     args = parser.parse_args(argv)
     try:
-        cfg = Config(dataset=args.dataset)
+        cfg = Config(dataset=args.dataset, classes=args.classes, fps=args.fps)
         result = write_lists(cfg, out_dir=args.out)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

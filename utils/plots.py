@@ -342,7 +342,7 @@ class Animation:
         # schemes of href and cite, not of src), and nbconvert/nbviewer, which draw no image/gif output.
         return {"text/html": html, "text/plain": f"<animated GIF, {len(self.gif) // 1024} KB: {self.caption}>"}
 
-    def save(self, path) -> "Path":
+    def save(self, path):
         from pathlib import Path
 
         path = Path(path)

@@ -196,7 +196,7 @@ def clip_settings(info: dict, flow_method: str | None = None, max_frames: int | 
     if size is None and short_side is None and info.get("frame_size"):
         short_side = int(min(info["frame_size"]))
     options = (extraction.get("method_options") or {}) if method == extraction.get("method") else {}
-    known = {k: extraction[k] for k in ("jpeg_quality", "flow_bound") if extraction.get(k) is not None}
+    known = {k: extraction[k] for k in ("jpeg_quality", "flow_bound", "fps") if extraction.get(k) is not None}
     return ExtractionSettings(method=method, size=size, short_side=short_side, max_frames=max_frames,
                               method_options=options, **known)
 

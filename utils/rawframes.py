@@ -140,6 +140,12 @@ def made_elsewhere_settings() -> dict:
     return {"origin": MADE_ELSEWHERE, "method": None}
 
 
+def holds_no_flow(settings: dict | None) -> bool:
+    """Whether extraction settings say the frames were extracted here without optical flow (``--no-flow``:
+    method None). Frames made elsewhere (method unknown, also None) may hold flow: False."""
+    return settings is not None and settings.get("origin") != MADE_ELSEWHERE and settings.get("method", "") is None
+
+
 def read_extraction_settings(frames_dir: PathLike) -> dict | None:
     """The settings a rawframes folder was extracted with (its ``extraction_settings.json``), or None.
 

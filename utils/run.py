@@ -65,11 +65,13 @@ QUICK: dict[str, object] = {
     "stacks_per_video": 4,     # 03: stacks per training video and epoch (the GPU preset: 86)
     "temporal_epochs": 8,      # 03: epochs of the temporal stream (a few seconds each)
     "temporal_dropout": 0.5, "temporal_learning_rate": 0.01, "temporal_optimizer": "sgd",   # 03: the demo's
-    "whole_video_segments": 5, # 05, 07, 08: 5 equally spaced frames / stacks / clips per video in the whole-video protocol
+    "whole_video_segments": 5, # 05-08: 5 equally spaced frames / stacks / SG3Is / clips per video (whole-video protocol)
     "test_crops": 1,           # 05: the centre crop only (the GPU preset: 10)
     "refit": False,            # 02, 03: no final fit on all training clips (the demo's single run)
     "c3d_epochs": 4,           # 07: epochs of the 3D CNN (5-7 s each on the demo; enough for the colour)
     "fusion_epochs": 100,      # 08: passes of the learned fusion over the validation videos
+    "sg3i_epochs": 1,          # 06: one short epoch of the SG3I stream: the notebook runs end to end, but
+    "sg3i_per_video": 2,       #     learning the demo's motion takes the preset's 10 epochs x 8 SG3Is per video
 }
 """The ``--quick`` preset (CI, a first try on any dataset): the same small settings on every dataset,
 whether ``--dataset`` is the demo, HMDB51 or a path, so that a run exercises every notebook end to
@@ -270,13 +272,22 @@ def resolve_parameters(args: argparse.Namespace) -> dict:
     split = parameters.setdefault("split", 1)
     if type(split) is not int or split not in (1, 2, 3):   # not True, not 2.0
         raise ValueError(f"-p split={split!r}: the split must be 1, 2 or 3")
+    if parameters.get("classes") is not None:   # a file is read here (notebooks run in notebooks/): pass the names
+        parameters["classes"] = list(config_module.resolve_classes(parameters["classes"]))
     return parameters
 
 
+def run_config(parameters: dict) -> Config:
+    """The run's Config (its name and report folder): dataset, split, class subset and fps of ``parameters``."""
+    return Config(dataset=parameters["dataset"], split=int(parameters["split"]),
+                  classes=parameters.get("classes"), fps=parameters.get("fps"))
+
+
 def uses_imagenet_weights(notebooks: Sequence[Path], parameters: dict) -> bool:
-    """Whether the run builds a ResNet-50 from ``weights``: notebook 02, or 03 with the ResNet temporal stream."""
+    """Whether the run builds a ResNet-50 from ``weights``: notebooks 02 and 06 (SG3I), or 03 with the
+    ResNet temporal stream."""
     names = {path.name[:2] for path in notebooks}
-    return "02" in names or ("03" in names and parameters.get("temporal_arch") == "resnet50")
+    return bool(names & {"02", "06"}) or ("03" in names and parameters.get("temporal_arch") == "resnet50")
 
 
 # ----------------------------------------------------------------------------------------
@@ -492,7 +503,9 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         all_notebooks = find_notebooks(args.notebooks_dir)
         parameters = resolve_parameters(args)
-        pool, absent = run_set(all_notebooks, args.experiments)
+        # --from 06 (or later) starts among the experiments: it runs them without --experiments
+        after_course = bool(args.start) and _number(args.start) > COURSE[-1]
+        pool, absent = run_set(all_notebooks, args.experiments or after_course)
         notebooks = select_notebooks(all_notebooks if args.only else pool, args.only, args.start)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -517,7 +530,11 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"{notebook.name}: {', '.join(names)}")
         return 0
 
-    cfg = Config(dataset=parameters["dataset"], split=int(parameters["split"]))
+    try:
+        cfg = run_config(parameters)
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if uses_imagenet_weights(notebooks, parameters):
         try:   # before any notebook starts: the demo falls back to a from-scratch backbone, HMDB51 stops
             parameters["weights"] = pretrained.resolve_spatial_weights(
