@@ -543,7 +543,7 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     output_dir = args.output_dir or Path(cfg.report_dir) / "notebooks"
-    for number in absent:
+    for number in absent if args.experiments else ():
         print(f"note: --experiments: there is no notebook {number}_*.ipynb in {args.notebooks_dir} yet; "
               f"skipping it (its rows of the table read \"not run\")")
     locks = []
