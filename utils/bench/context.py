@@ -24,8 +24,8 @@ HMDB51_TRAIN_CLIPS = round(3570 * (1 - Config().val_fraction))   # 70 per class 
 FLOW_SIZE = (320, 240)              # native size of most HMDB51 clips: the flow-speed input
 ALL_METHODS = ("tvl1", "farneback", "dis-ultrafast", "dis-fast", "dis-medium")
 # The device check's stages, in its order, and the share of its time budget by whose end each must be done.
-DEVICE_STAGE_BUDGET = {"tvl1keras": 0.30, "extract-cpu": 0.35, "extract-batched": 0.45, "generators": 0.52,
-                       "models": 0.85, "eval": 0.92, "tvl1keras-parity": 1.0}
+DEVICE_STAGE_BUDGET = {"tvl1keras": 0.40, "extract-cpu": 0.46, "extract-batched": 0.54, "generators": 0.60,
+                       "models": 0.88, "eval": 0.95, "tvl1keras-parity": 1.0}
 
 
 def _option(default, help: str):
