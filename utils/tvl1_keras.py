@@ -39,19 +39,16 @@ Usage::
     flows = flow(gray_frames)               # uint8[T, H, W] -> float32[T-1, H, W, 2]
     print(flow.device)                      # e.g. "jax on gpu:0 (NVIDIA H100 80GB HBM3)"
 
-Benchmark (speed at 320x240 on a real clip, parity with OpenCV on the ground-truth pairs)::
-
-    KERAS_BACKEND=jax python -m utils.tvl1_keras --n-pairs 256 --video tests/data/hmdb51_clips
+Its speed (real 320x240 clips) and parity with OpenCV (the ground-truth pairs) are measured by
+``python -m utils.bench --stages tvl1keras,tvl1keras-parity``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
 import shutil
 import subprocess
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,13 +56,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from utils.config import REPO_ROOT
-
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 MIN_PYRAMID_SIDE = 16            # OpenCV stops the pyramid before a level narrower than this
 CUBIC_A = -0.75                  # OpenCV's bicubic kernel parameter
-TEST_CLIPS = REPO_ROOT / "tests" / "data" / "hmdb51_clips"      # benchmark defaults: real HMDB51 clips
-TEST_FLOW_GT = REPO_ROOT / "tests" / "data" / "flow_gt"         # and pairs with ground-truth flow
 
 
 @dataclass(frozen=True)
@@ -723,198 +716,9 @@ def make_video_flow(**options) -> TVL1Keras:
 make_tvl1_keras = make_video_flow
 
 
-# --- benchmark: speed and parity with OpenCV ------------------------------------------------------
+# --- the reference --------------------------------------------------------------------------------
 def opencv_flow(frame0: np.ndarray, frame1: np.ndarray, params: TVL1Params) -> np.ndarray:
     """OpenCV's own Dual TV-L1 on one pair with the same parameters: the reference this solver matches."""
     import cv2
     # A fresh object per pair: OpenCV lowers its own nscales for small images and keeps it.
     return cv2.optflow.DualTVL1OpticalFlow_create(**params.opencv_kwargs()).calc(frame0, frame1, None)
-
-
-def _read_gray(path: Path) -> np.ndarray:
-    import cv2
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return image
-
-
-def _video_gray_frames(path: Path, count: int, size: tuple[int, int] | None) -> np.ndarray:
-    import cv2
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < count:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        if size is not None and gray.shape != (size[1], size[0]):
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        frames.append(gray)
-    capture.release()
-    if len(frames) < 2:
-        raise ValueError(f"{path}: fewer than 2 decodable frames")
-    return np.stack(frames)
-
-
-def parity(flow_method: TVL1Keras, pairs_dir: str | Path, scale: float = 1.0, repeat: bool = False) -> list[dict]:
-    """EPE against ground truth of OpenCV's TV-L1 and of ``flow_method`` on every
-    ``<pairs_dir>/<pair>/frame1.png, frame2.png, gt.flo``, and their mean difference.
-
-    ``scale`` < 1 shrinks the frames first (INTER_AREA) and compares the two methods only.
-    ``keras_s`` includes compiling for a new frame size unless ``repeat`` (then: a second run).
-    """
-    import cv2
-
-    from utils.flow import endpoint_error, read_flo
-
-    rows = []
-    folders = sorted(p for p in Path(pairs_dir).iterdir() if (p / "frame1.png").is_file())
-    if not folders:
-        raise FileNotFoundError(f"no <pair>/frame1.png, frame2.png under {pairs_dir}")
-    for folder in folders:
-        frame0, frame1 = _read_gray(folder / "frame1.png"), _read_gray(folder / "frame2.png")
-        if scale != 1.0:
-            size = (round(frame0.shape[1] * scale), round(frame0.shape[0] * scale))
-            frame0, frame1 = (cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in (frame0, frame1))
-        start = time.perf_counter()
-        reference = opencv_flow(frame0, frame1, flow_method.params)
-        opencv_s = time.perf_counter() - start
-        for _ in range(2 if repeat else 1):
-            start = time.perf_counter()
-            ours = flow_method.pairs(frame0[None], frame1[None])[0]
-            keras_s = time.perf_counter() - start
-        row = dict(pair=folder.name, size=f"{frame0.shape[1]}x{frame0.shape[0]}",
-                   mean_abs_diff=float(np.abs(ours - reference).mean()),
-                   mean_epe_diff=float(np.linalg.norm(ours - reference, axis=-1).mean()),
-                   opencv_s=opencv_s, keras_s=keras_s)
-        if scale == 1.0 and (folder / "gt.flo").is_file():
-            truth = read_flo(folder / "gt.flo")
-            row.update(epe_opencv=endpoint_error(reference, truth), epe_keras=endpoint_error(ours, truth))
-            row["epe_ratio"] = row["epe_keras"] / row["epe_opencv"]
-        rows.append(row)
-    return rows
-
-
-class _MemoryMonitor:
-    """Peak device memory while it runs: GPU memory from nvidia-smi, polled by a thread (backends
-    may preallocate: set XLA_PYTHON_CLIENT_PREALLOCATE=false for JAX to see real use), else
-    the process's peak resident memory."""
-
-    def __enter__(self):
-        import threading
-        self.peak_mib, self._stop = 0.0, threading.Event()
-        self.gpu = bool(_nvidia_smi("memory.used"))
-        if self.gpu:
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(0.25):
-            used = _nvidia_smi("memory.used")
-            if used:
-                self.peak_mib = max(self.peak_mib, float(used[0]))
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self.gpu:
-            self._thread.join()
-
-    def report(self) -> str:
-        if self.gpu:
-            total = _nvidia_smi("memory.total")
-            return f"GPU peak {self.peak_mib:.0f} MiB of {total[0] if total else '?'} MiB (nvidia-smi)"
-        import resource
-        return f"host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-
-
-def benchmark(video: str | Path | None = TEST_CLIPS, pairs_dir: str | Path | None = TEST_FLOW_GT,
-              n_pairs: int = 64, size: tuple[int, int] = (320, 240), opencv_pairs: int = 8, **options) -> dict:
-    """Print and return the speed of :class:`TVL1Keras` and its parity with OpenCV.
-
-    Speed: pairs/s on ``n_pairs`` consecutive frame pairs of a real clip resized to ``size``
-    (``video``: a file, or a folder whose first clip is used), after a warm-up call that
-    compiles; OpenCV's pairs/s on the first ``opencv_pairs`` of them in the same run; their
-    mean difference; the plan (pairs per call, slots) and peak memory. Parity: EPE of both
-    methods against the ground truth in ``pairs_dir``. ``options`` go to :class:`TVL1Keras`.
-    """
-    flow = TVL1Keras(**options)
-    result = dict(device=flow.device, backend=keras.backend.backend())
-    print(f"TV-L1 keras: {flow!r}", flush=True)
-    if video is not None:
-        video = Path(video)
-        if video.is_dir():
-            clips = sorted(p for p in video.rglob("*") if p.suffix.lower() in (".avi", ".mp4"))
-            if not clips:
-                raise FileNotFoundError(f"no .avi/.mp4 clip under {video}")
-            video = clips[0]
-        frames = _video_gray_frames(video, n_pairs + 1, size)
-        n = len(frames) - 1
-        call, slots = flow.plan(frames.shape[1], frames.shape[2], n)
-        with _MemoryMonitor() as memory:
-            start = time.perf_counter()
-            flow(frames)                                      # compiles (once per frame size)
-            compile_s = time.perf_counter() - start
-            start = time.perf_counter()
-            ours = flow(frames)
-            keras_s = time.perf_counter() - start
-        k = min(opencv_pairs, n)
-        start = time.perf_counter()
-        reference = np.stack([opencv_flow(frames[i], frames[i + 1], flow.params) for i in range(k)])
-        opencv_s = time.perf_counter() - start
-        result.update(video=video.name, size=f"{frames.shape[2]}x{frames.shape[1]}", pairs=n, call=call,
-                      slots=slots, chunk=flow.chunk, steps_per_level=flow.last_steps,
-                      first_call_s=round(compile_s, 1), keras_pairs_per_s=n / keras_s,
-                      opencv_pairs_per_s=k / opencv_s, opencv_threads=_opencv_threads(),
-                      video_mean_abs_diff=float(np.abs(ours[:k] - reference).mean()), memory=memory.report())
-        print(f"speed, {n} pairs at {result['size']} from {video.name}: "
-              f"keras {result['keras_pairs_per_s']:.2f} pairs/s "
-              f"(calls of {call} pairs, {slots} slots, chunk {flow.chunk}, scheduling steps per level "
-              f"{flow.last_steps}; first call incl. compiling {compile_s:.1f} s), OpenCV "
-              f"{result['opencv_pairs_per_s']:.2f} pairs/s ({result['opencv_threads']} threads, {k} pairs); "
-              f"mean |diff| {result['video_mean_abs_diff']:.4f} px; {result['memory']}", flush=True)
-    if pairs_dir is not None:
-        rows = parity(flow, pairs_dir, repeat=True)
-        result["parity"] = rows
-        for row in rows:
-            epe = (f"EPE OpenCV {row['epe_opencv']:.3f} / keras {row['epe_keras']:.3f} px "
-                   f"(ratio {row['epe_ratio']:.4f}); " if "epe_opencv" in row else "")
-            print(f"parity, {row['pair']} ({row['size']}): {epe}mean |diff| to OpenCV {row['mean_abs_diff']:.4f} px, "
-                  f"mean end-point diff {row['mean_epe_diff']:.4f} px; OpenCV {row['opencv_s']:.2f} s, "
-                  f"keras {row['keras_s']:.2f} s", flush=True)
-    return result
-
-
-def _opencv_threads() -> int:
-    import cv2
-    return cv2.getNumThreads()
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Benchmark batched Keras TV-L1 against OpenCV (speed and parity).")
-    parser.add_argument("--video", default=str(TEST_CLIPS), help="clip, or folder of clips (first one is used)")
-    parser.add_argument("--pairs-dir", default=str(TEST_FLOW_GT),
-                        help="folder of <pair>/frame1.png, frame2.png, gt.flo")
-    parser.add_argument("--n-pairs", type=int, default=64)
-    parser.add_argument("--size", default="320x240", help="WxH the clip's frames are resized to")
-    parser.add_argument("--opencv-pairs", type=int, default=8)
-    parser.add_argument("--slots", type=int, default=None, help="pairs iterated together (default: from memory)")
-    parser.add_argument("--pairs-per-slot", type=int, default=4)
-    parser.add_argument("--chunk", type=int, default=None,
-                        help="inner iterations per scheduling step (default: 1 on CPU, 2 on GPU)")
-    parser.add_argument("--side-work", type=int, default=None,
-                        help="slots warped / median-filtered per step (default: slots/4)")
-    parser.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"])
-    parser.add_argument("--no-parity", action="store_true", help="skip the ground-truth pairs")
-    parser.add_argument("--no-video", action="store_true", help="skip the speed test")
-    args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    benchmark(video=None if args.no_video else args.video, pairs_dir=None if args.no_parity else args.pairs_dir,
-              n_pairs=args.n_pairs, size=(width, height), opencv_pairs=args.opencv_pairs, slots=args.slots,
-              pairs_per_slot=args.pairs_per_slot, chunk=args.chunk, side_work=args.side_work, jit_compile=jit)
-
-
-if __name__ == "__main__":
-    main()
