@@ -208,7 +208,7 @@ def _primitive_counts(jaxpr, counts):
 
 
 @pytest.mark.backend_smoke
-@pytest.mark.skipif(T.keras.backend.backend() != "jax", reason="inspects the JAX program (run under JAX by test_backends)")
+@pytest.mark.skipif(T.keras.backend.backend() != "jax", reason="inspects the JAX program (test_backends runs it)")
 @pytest.mark.parametrize("check_every", [1, 3])
 def test_a_level_branches_on_no_device_value(check_every):
     """All levels in one program: per level one data-dependent loop ("work left?"), no ``cond``
@@ -221,6 +221,10 @@ def test_a_level_branches_on_no_device_value(check_every):
     counts = _primitive_counts(jaxpr.jaxpr, {})
     assert counts.get("cond", 0) == 0
     assert counts.get("while", 0) == len(T.pyramid_sizes(24, 32)) == 2
+    # the CPU's option: one cond per step that skips an idle service
+    jaxpr = jax.make_jaxpr(lambda a, b: T.flow_pyramid(a, b, slots=2, chunk=2, check_every=check_every,
+                                                       skip_idle_service=True)[0])(frames, frames)
+    assert _primitive_counts(jaxpr.jaxpr, {}).get("cond", 0) == 2
 
 
 @pytest.fixture(scope="module")
@@ -304,8 +308,8 @@ def test_16_bit_storage_stays_close_to_float32(tiny_pairs, tiny_reference):
     half = T.TVL1Keras(slots=2, pairs_per_slot=2, storage="float16")
     flows = half.pairs(*tiny_pairs)
     difference = np.linalg.norm(flows - reference, axis=-1)
-    print(f"float16 vs float32: mean {difference.mean():.4f} px, 95th percentile {np.percentile(difference, 95):.4f} px, "
-          f"iterations {half.last_iterations.sum()} vs {iterations.sum()}")
+    print(f"float16 vs float32: mean {difference.mean():.4f} px, 95th percentile "
+          f"{np.percentile(difference, 95):.4f} px, iterations {half.last_iterations.sum()} vs {iterations.sum()}")
     assert 0 < difference.mean() < 0.05 and np.percentile(difference, 95) < 0.2
     assert 0.9 < half.last_iterations.sum() / iterations.sum() < 1.1
     with pytest.raises(ValueError, match="storage"):

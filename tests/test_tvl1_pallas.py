@@ -12,8 +12,7 @@ import pytest
 from conftest import TEST_DATA
 
 from utils import tvl1_keras as T
-
-P = pytest.importorskip("utils.tvl1_pallas")
+from utils import tvl1_pallas as P
 PAIR_DIR = TEST_DATA / "flow_gt" / "mb_RubberWhale"
 BLOCK = (16, 16)                  # halo of `chunk` px on each side: 3 x 4 tiles on a 40x24 image at chunk 3
 

@@ -31,7 +31,8 @@ iterations, each stopping by itself. Masks select what each slot keeps, so the p
 independent (a pair's flow does not depend on its neighbours in the batch) and no step branches on
 a device value: under XLA on a GPU every branch (``cond``) and every loop test is a copy to the
 host and a wait. The only data-dependent control flow left is each level's "work left?", tested on
-the device every ``check_every`` steps. The coarsest level takes the pairs in order; every finer
+the device every ``check_every`` steps (on a CPU, where a branch costs no wait, a step also skips
+its service when no slot needs one: ``skip_idle_service``). The coarsest level takes the pairs in order; every finer
 level takes them longest first by the coarser level's iteration counts, so the slowest pairs do not
 start last. All levels, and (``quantize``) the uint8 quantisation of the stored flow, run in one
 Keras program compiled once per (pairs per call, height, width): about a minute per frame size
@@ -379,7 +380,8 @@ def longest_first(counts, valid, params: TVL1Params = TVL1Params()):
 
 
 def solve_level(I0_all, I1_all, U1, U2, order, n_valid, params: TVL1Params, slots: int, chunk: int,
-                side_work: int | None = None, check_every: int = 1, storage: str = "float32", inner=None):
+                side_work: int | None = None, check_every: int = 1, storage: str = "float32", inner=None,
+                skip_idle_service: bool = False):
     """Run every pair through all warps of one pyramid level, ``slots`` at a time.
 
     ``I*_all`` float32[N, h, w]; ``U1``, ``U2`` float32[N + 1, h, w], the flow each pair starts
@@ -395,7 +397,9 @@ def solve_level(I0_all, I1_all, U1, U2, order, n_valid, params: TVL1Params, slot
     iterations (``inner``, default the Keras-ops loop) of the slots that are ready, each stopping
     by itself. (3) Bookkeeping: which warps and pairs ended. No step branches on a device value:
     the only data-dependent control flow is the loop's test "work left?", evaluated on the device
-    every ``check_every`` steps (extra steps after the end do nothing).
+    every ``check_every`` steps (extra steps after the end do nothing). ``skip_idle_service``: skip
+    the service when no slot needs it, one ``cond`` per step (cheap on a CPU, where it saves most
+    of the service's work; a host round trip per step under XLA on a GPU).
     """
     pairs, height, width = I0_all.shape
     side_work = max(1, min(slots, side_work or -(-slots // 4)))
@@ -405,18 +409,20 @@ def solve_level(I0_all, I1_all, U1, U2, order, n_valid, params: TVL1Params, slot
     inner = inner or make_keras_inner_iterations(params, chunk, storage)
     I1x_all, I1y_all = centered_gradient(I1_all)
     mask = lambda flags: flags[:, None, None]  # noqa: E731  (per-slot flag -> image mask)
+    keys = _SLOT_STATE + _LEVEL_STATE
+
+    def needs_service(s):
+        return s["finished"] | s["needs_warp"] | s["needs_median"] | (~s["alive"] & (s["queue"] < n_valid))
 
     def service(s):
-        need = s["finished"] | s["needs_warp"] | s["needs_median"] | (~s["alive"] & (s["queue"] < n_valid))
-        chosen, served = _first_flagged(need, side_work)
+        chosen, served = _first_flagged(needs_service(s), side_work)
         rows = ops.expand_dims(chosen, 1)
-        get = lambda name: ops.take(s[name], chosen, axis=0)  # noqa: E731
-        index, alive, finished = get("index"), get("alive"), get("finished")
-        u1, u2 = get("u1"), get("u2")
+        old = {name: ops.take(s[name], chosen, axis=0) for name in _SLOT_STATE}   # the chosen slots
+        index, alive, finished, u1, u2 = (old[k] for k in ("index", "alive", "finished", "u1", "u2"))
         # 1. a finished pair writes its flow and its iteration count back (others: the scratch row)
         target = ops.expand_dims(ops.where(served & finished, index, pairs), 1)
         s["U1"], s["U2"] = ops.scatter_update(s["U1"], target, u1), ops.scatter_update(s["U2"], target, u2)
-        s["counts"] = ops.scatter_update(s["counts"], target, get("total"))
+        s["counts"] = ops.scatter_update(s["counts"], target, old["total"])
         # 2. a freed or empty slot takes the next pair of the queue
         take = served & (finished | ~alive)
         position = s["queue"] + ops.cumsum(ops.cast(take, "int32")) - 1
@@ -429,29 +435,36 @@ def solve_level(I0_all, I1_all, U1, U2, order, n_valid, params: TVL1Params, slot
         s["starts"] = ops.scatter_update(s["starts"], ops.expand_dims(ops.where(fill, index, pairs), 1),
                                          ops.zeros_like(index) + s["steps"])
         # 3. warp I1 and its gradient by the current flow (OpenCV: remap + calcGradRho)
-        warp = served & (get("needs_warp") | fill)
+        warp = served & (old["needs_warp"] | fill)
         safe = ops.minimum(index, pairs - 1)
         terms = _warp_terms(*(ops.take(a, safe, axis=0) for a in (I0_all, I1_all, I1x_all, I1y_all)), u1, u2)
-        for name, value in zip(_TERMS, terms):
-            s[name] = ops.scatter_update(s[name], rows, ops.where(mask(warp), ops.cast(value, storage), get(name)))
+        new = {name: ops.where(mask(warp), ops.cast(value, storage), old[name]) for name, value in zip(_TERMS, terms)}
         # 4. median filter at the start of an outer iteration (a warp starts one)
         if median:
-            smooth = served & (get("needs_median") | warp)
+            smooth = served & (old["needs_median"] | warp)
             both = median_blur(ops.concatenate([u1, u2], axis=0), params.median_filtering)
             u1 = ops.where(mask(smooth), both[:side_work], u1)
             u2 = ops.where(mask(smooth), both[side_work:], u2)
-        s["u1"], s["u2"] = ops.scatter_update(s["u1"], rows, u1), ops.scatter_update(s["u2"], rows, u2)
-        for name in ("p11", "p12", "p21", "p22"):                      # a new pair's dual variables start at 0
-            s[name] = ops.scatter_update(s[name], rows, ops.where(mask(fill), ops.zeros_like(get(name)), get(name)))
-        updates = dict(index=index, alive=fill | (alive & ~take), finished=finished & ~served,
-                       needs_warp=get("needs_warp") & ~served, needs_median=get("needs_median") & ~served,
-                       warp=ops.where(fill, 0, get("warp")), n=ops.where(fill, 0, get("n")),
-                       total=ops.where(fill, 0, get("total")))
-        for name, value in updates.items():
+        new.update({name: ops.where(mask(fill), ops.zeros_like(old[name]), old[name])   # a new pair's p start at 0
+                    for name in ("p11", "p12", "p21", "p22")})
+        new.update(u1=u1, u2=u2, index=index, alive=fill | (alive & ~take), finished=finished & ~served,
+                   needs_warp=old["needs_warp"] & ~served, needs_median=old["needs_median"] & ~served,
+                   warp=ops.where(fill, 0, old["warp"]), n=ops.where(fill, 0, old["n"]),
+                   total=ops.where(fill, 0, old["total"]))
+        for name, value in new.items():
             s[name] = ops.scatter_update(s[name], rows, value)
 
-    def step(s):
+    def served(values):
+        s = dict(zip(keys, values))
         service(s)
+        return tuple(s[k] for k in keys)
+
+    def step(s):
+        if skip_idle_service:
+            values = tuple(s[k] for k in keys)
+            s.update(zip(keys, ops.cond(ops.any(needs_service(s)), lambda: served(values), lambda: values)))
+        else:
+            service(s)
         ready = s["alive"] & ~s["finished"] & ~s["needs_warp"] & ~s["needs_median"]
         state, ran, converged = inner(tuple(s[k] for k in _FLOW_DUAL), tuple(s[k] for k in _TERMS), ready,
                                       scaled_epsilon)
@@ -468,8 +481,6 @@ def solve_level(I0_all, I1_all, U1, U2, order, n_valid, params: TVL1Params, slot
         s["finished"] = s["finished"] | done
         s["needs_warp"] = s["needs_warp"] | (warp_end & ~done)
         s["steps"] = s["steps"] + 1
-
-    keys = _SLOT_STATE + _LEVEL_STATE
 
     def steps(values):
         s = dict(zip(keys, values))
@@ -506,7 +517,7 @@ def quantize_flow_ops(flow, bound: float):
 
 def flow_pyramid(frames0, frames1, valid=None, *, params: TVL1Params = TVL1Params(), slots: int | None = None,
                  chunk: int = 2, side_work: int | None = None, check_every: int = 1, storage: str = "float32",
-                 inner=None):
+                 inner=None, skip_idle_service: bool = False):
     """TV-L1 flow of N pairs, every pyramid level: float32[N, H, W, 2] and, per level (coarsest
     first), the scheduling steps, each pair's inner iterations and the step it entered a slot.
 
@@ -542,7 +553,7 @@ def flow_pyramid(frames0, frames1, valid=None, *, params: TVL1Params = TVL1Param
             order = longest_first(counts[-1], valid, params)
         U1, U2, level_counts, level_starts, level_steps = solve_level(
             levels0[level], levels1[level], U1, U2, order, n_valid, params, slots, chunk, side_work, check_every,
-            storage, inner)
+            storage, inner, skip_idle_service)
         steps.append(level_steps)
         counts.append(level_counts[:pairs])
         starts.append(level_starts[:pairs])
@@ -571,11 +582,12 @@ class _FlowProgram(keras.Model):
     steps, the iteration counts and the start steps."""
 
     def __init__(self, shape: tuple[int, int, int], params: TVL1Params, slots: int, chunk: int,
-                 side_work: int | None, check_every: int, storage: str, inner, quantize: float | None):
+                 side_work: int | None, check_every: int, storage: str, inner, quantize: float | None,
+                 skip_idle_service: bool):
         super().__init__(name="tvl1_keras")
         self.shape, self.params, self.slots, self.chunk = shape, params, slots, chunk
         self.side_work, self.check_every, self.storage = side_work, check_every, storage
-        self.inner, self.quantize = inner, quantize
+        self.inner, self.quantize, self.skip_idle_service = inner, quantize, skip_idle_service
         self.built = True       # nothing to build; and predict_on_batch would otherwise run it eagerly once
 
     def call(self, inputs):
@@ -585,7 +597,8 @@ class _FlowProgram(keras.Model):
         valid = ops.reshape(valid, self.shape[:1])
         flow, steps, counts, starts = flow_pyramid(
             frames0, frames1, valid, params=self.params, slots=self.slots, chunk=self.chunk, side_work=self.side_work,
-            check_every=self.check_every, storage=self.storage, inner=self.inner)
+            check_every=self.check_every, storage=self.storage, inner=self.inner,
+            skip_idle_service=self.skip_idle_service)
         if self.quantize is not None:
             flow = quantize_flow_ops(flow, self.quantize)
         return flow, ops.stack(steps), ops.stack(counts), ops.stack(starts)
@@ -674,7 +687,8 @@ class TVL1Keras:
       depth: pairs per call = slots x this), ``chunk`` (inner iterations between scheduling steps),
       ``side_work`` (slots served per step, default a quarter of the slots), ``check_every``
       (scheduling steps between two evaluations of the loop's "work left?" test: on a GPU each
-      evaluation is a wait for the device);
+      evaluation is a wait for the device), ``skip_idle_service`` (skip a step's service when no
+      slot needs it: one ``cond`` per step; default on a CPU only, where it costs no wait);
     * ``storage``: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` for the dual
       variables and the warp terms (``u`` stays float32): less memory traffic, slightly
       different flow (see report/benchmarks.md);
@@ -695,7 +709,8 @@ class TVL1Keras:
     def __init__(self, *, slots: int | None = None, pairs_per_slot: int = 4, chunk: int | None = None,
                  side_work: int | None = None, check_every: int | None = None, storage: str = "float32",
                  kernel: str = "keras", block: tuple[int, int] | None = None, interpret: bool | None = None,
-                 jit_compile: bool | str = "auto", memory_fraction: float = 0.5, **params):
+                 skip_idle_service: bool | None = None, jit_compile: bool | str = "auto",
+                 memory_fraction: float = 0.5, **params):
         self.params = TVL1Params(**params)
         if storage not in STORAGE_DTYPES:
             raise ValueError(f"storage={storage!r}: expected one of {STORAGE_DTYPES}")
@@ -707,6 +722,7 @@ class TVL1Keras:
         # measured best on a 2-core CPU: chunk 1; on a GPU longer chunks mean fewer scheduling steps
         self.chunk = int(chunk) if chunk else (1 if on_cpu else 5 if kernel == "pallas" else 3)
         self.check_every = int(check_every) if check_every else (1 if on_cpu else 4)
+        self.skip_idle_service = on_cpu if skip_idle_service is None else bool(skip_idle_service)
         if self.check_every < 1:
             raise ValueError(f"check_every={check_every} must be >= 1")
         self.side_work, self.jit_compile, self.memory_fraction = side_work, jit_compile, memory_fraction
@@ -742,7 +758,8 @@ class TVL1Keras:
             f"pallas, block={self.block}{', interpreted' if self.interpret else ''}"
         return (f"TVL1Keras({self.device}, kernel={kernel}, slots={self.slots or 'auto'}, "
                 f"pairs_per_slot={self.pairs_per_slot}, chunk={self.chunk}, side_work={self.side_work or 'auto'}, "
-                f"check_every={self.check_every}, storage={self.storage}, {asdict(self.params)})")
+                f"check_every={self.check_every}, skip_idle_service={self.skip_idle_service}, storage={self.storage}, "
+                f"{asdict(self.params)})")
 
     def plan(self, height: int, width: int, n_pairs: int, full_call: bool = False) -> tuple[int, int]:
         """(pairs per call, slots) for ``n_pairs`` pairs of this size.
@@ -764,7 +781,7 @@ class TVL1Keras:
         key = (call, height, width, slots, quantize)
         if key not in self._programs:
             program = _FlowProgram((call, height, width), self.params, slots, self.chunk, self.side_work,
-                                   self.check_every, self.storage, self._inner, quantize)
+                                   self.check_every, self.storage, self._inner, quantize, self.skip_idle_service)
             program.compile(jit_compile=self.jit_compile)
             self._programs[key] = program
         return self._programs[key]
@@ -1060,11 +1077,13 @@ def main(argv=None):
     parser.add_argument("--slots", type=int, default=None, help="pairs iterated together (default: from memory)")
     parser.add_argument("--pairs-per-slot", type=int, default=4)
     parser.add_argument("--chunk", type=int, default=None,
-                        help="inner iterations per scheduling step (default: 1 on CPU, 2 on GPU)")
+                        help="inner iterations per scheduling step (default: 1 on CPU, 3 on GPU, 5 with pallas)")
     parser.add_argument("--side-work", type=int, default=None,
-                        help="slots warped / median-filtered per step (default: slots/4)")
+                        help="slots served (refilled, warped, median-filtered) per step (default: slots/4)")
     parser.add_argument("--check-every", type=int, default=None,
                         help="scheduling steps between two tests of 'work left?' (default: 1 on CPU, 4 on GPU)")
+    parser.add_argument("--skip-idle-service", default="auto", choices=["auto", "true", "false"],
+                        help="skip a step's service when no slot needs it (default: on CPU only)")
     parser.add_argument("--storage", default="float32", choices=STORAGE_DTYPES,
                         help="dtype of the dual variables and warp terms (u stays float32)")
     parser.add_argument("--kernel", default="keras", choices=KERNELS, help="inner loop: Keras ops, or Pallas (JAX)")
@@ -1077,7 +1096,8 @@ def main(argv=None):
     width, height = (int(v) for v in args.size.lower().split("x"))
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     options = dict(slots=args.slots, pairs_per_slot=args.pairs_per_slot, chunk=args.chunk, side_work=args.side_work,
-                   check_every=args.check_every, kernel=args.kernel, jit_compile=jit)
+                   check_every=args.check_every, kernel=args.kernel, jit_compile=jit,
+                   skip_idle_service={"auto": None, "true": True, "false": False}[args.skip_idle_service])
     if args.compare_storage:
         compare_storage(args.pairs_dir, **{k: v for k, v in options.items() if v is not None})
         return

@@ -219,18 +219,23 @@ def make_inner_iterations(*, chunk: int, lambda_theta: float, theta: float, tau_
 
 
 def lowers_to_triton(height: int = 24, width: int = 32, slots: int = 2, chunk: int = 2,
-                     block: tuple[int, int] = (16, 16), storage: str = "float32") -> int:
-    """Lower both kernels to Triton's IR for a CUDA GPU, on any machine (no GPU needed): raises
-    if the kernel uses an operation Pallas cannot lower to Triton. Returns the module's size."""
+                     block: tuple[int, int] = (16, 16), storage: str = "float32",
+                     gpu: str = "NVIDIA H100 80GB HBM3") -> int:
+    """Lower both kernels to Triton's IR for a CUDA GPU (``gpu``: its device kind), on any
+    machine, no GPU needed: raises if the kernel uses an operation Pallas cannot lower to Triton.
+    Returns the module's size."""
     from jax import export
     inner = make_inner_iterations(chunk=chunk, lambda_theta=0.045, theta=0.3, tau_theta=0.25 / 0.3, storage=storage,
                                   block=block, interpret=False)
     image = lambda dtype: jax.ShapeDtypeStruct((slots, height, width), dtype)   # noqa: E731
     args = ((image(jnp.float32),) * 2 + (image(storage),) * 4, (image(storage),) * 4,
             jax.ShapeDtypeStruct((slots,), jnp.bool_), jax.ShapeDtypeStruct((), jnp.float32))
-    exported = export.export(jax.jit(inner), platforms=["cuda"],
-                             disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*args)
+    target = getattr(plt, "CUSTOM_CALL_TARGET_NAME", "__gpu$xla.gpu.triton")      # named from JAX 0.11
+    device = jax.sharding.AbstractDevice(device_kind=gpu, num_cores=None, platform="gpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
+        exported = export.export(jax.jit(inner), platforms=["cuda"],
+                                 disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(*args)
     text = exported.mlir_module()
-    if "xla.gpu.triton" not in text:
+    if target not in text:
         raise RuntimeError("the exported module holds no Triton kernel")
     return len(text)
