@@ -36,10 +36,12 @@ STAGE_FUNCTIONS: dict[str, Callable[[Bench], None]] = {     # in the order they 
     "flow-speed": flow.stage_speed, "flow-quality": flow.stage_quality, "flow-storage": flow.stage_storage,
     "tvl1keras": tvl1.stage_tvl1keras, "extract": extract.stage_extract, "extract-cpu": extract.stage_extract_cpu,
     "extract-batched": extract.stage_extract_batched, "generators": streams.stage_generators,
-    "models": streams.stage_models, "eval": streams.stage_eval, "tvl1keras-parity": tvl1.stage_parity}
+    "models": streams.stage_models, "eval": streams.stage_eval, "tvl1keras-parity": tvl1.stage_parity,
+    "tvl1keras-storage": tvl1.stage_storage}
 STAGES = tuple(STAGE_FUNCTIONS)
 STAGE_ALIASES = {"flow": STAGES[:3], "all": STAGES, "none": (), "device": tuple(DEVICE_STAGE_BUDGET),
-                 "quick": tuple(s for s in STAGES if s not in ("tvl1keras", "extract-batched", "tvl1keras-parity"))}
+                 "quick": tuple(s for s in STAGES if s not in ("tvl1keras", "extract-batched", "tvl1keras-parity",
+                                                               "tvl1keras-storage"))}
 
 
 def resolve_stages(text: str) -> list[str]:

@@ -71,7 +71,7 @@ class Settings:
         preset: dict = dict(quick=quick, device=device)
         if device:
             preset.update(min_time=2.0, presets=("hmdb51",), policies=("float32", "mixed_float16"), repeats=1,
-                          batched_calls=8, tvl1_keras_configs=({"chunk": 6}, {"slots": 128, "chunk": 6}),
+                          batched_calls=8, tvl1_keras_configs=TVL1_DEVICE_CONFIGS,
                           time_budget=380.0, stage_budget=dict(DEVICE_STAGE_BUDGET))
         if quick:
             preset.update(methods=("farneback", "dis-ultrafast", "dis-fast", "dis-medium"), min_time=0.5, flow_pairs=4,
@@ -84,6 +84,10 @@ class Settings:
         return cls(**{**preset, **changes})
 
 
+# More solver configurations the device check times on the mix: longer chunks, more slots, the fused Pallas
+# inner loop (JAX only: on another backend it is refused, and its rows say so) and 16-bit storage.
+TVL1_DEVICE_CONFIGS = ({"chunk": 6}, {"slots": 128, "chunk": 6}, {"storage": "float16"}, {"kernel": "pallas"},
+                       {"kernel": "pallas", "storage": "float16"})
 # The solver options of the device check's smoke test and of its quick mode: one level, few iterations.
 QUICK_TVL1 = {"nscales": 1, "warps": 2, "outer_iterations": 2, "inner_iterations": 10}
 STACK_LENGTH = 10                   # flows per stack (the presets' L)

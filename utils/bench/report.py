@@ -36,6 +36,10 @@ SECTIONS = {
              "stream", "setting"),
     "tvl1keras-parity": ("TV-L1 in Keras: parity", "EPE against ground truth and its ratio to OpenCV's (target 0.99 "
                          "to 1.01).", "implementation", "pair"),
+    "tvl1keras-storage": ("TV-L1 in Keras: 16-bit storage", "The dual variables and warp terms stored in float16 or "
+                          "bfloat16 (u in float32) against float32, on the ground-truth pairs: EPE, the difference "
+                          "to the float32 flow, inner iterations (one slot, default parameters).", "implementation",
+                          "pair"),
 }
 TASKS = {("extract", "hours_full_hmdb51"): "Extract full HMDB51 (~640k frame pairs), {}",
          ("extract-batched", "hours_full_hmdb51"): "Extract full HMDB51, {} (batched, end to end)",

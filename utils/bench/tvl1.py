@@ -1,7 +1,8 @@
 """TV-L1 in Keras (``utils/tvl1_keras.py``): speed (``tvl1keras``: pairs/s in the calls batched
 extraction makes, on one named clip and on the realistic mix of every 320x240 clip, for each
 configuration), parity with OpenCV (``tvl1keras-parity``: each frame size compiles, so it comes
-last in the device check), and the device check's smoke test.
+last in the device check), 16-bit storage against float32 on the ground-truth pairs
+(``tvl1keras-storage``, a CPU figure), and the device check's smoke test.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from utils.bench.context import FLOW_SIZE, HMDB51_FRAME_PAIRS, QUICK_TVL1, Bench, read_gray
 from utils.bench.flow import REFERENCE
 from utils.bench.machine import keras_device, nvidia_smi, peak_memory_mib, time_until
-from utils.bench.rows import DERIVED, REFERENCE_STATUS
+from utils.bench.rows import DERIVED, NOT_MEASURED, REFERENCE_STATUS
 
 SPEED_METRICS = ("pairs_per_s", "batch_pairs", "compile_seconds", "peak_memory_mib")
 
@@ -50,7 +51,13 @@ def stage_tvl1keras(bench: Bench) -> None:
     runs = [({}, clip), ({}, mix)] + [(options, mix) for options in bench.s.tvl1_keras_configs]
     first_call, compiled = None, set()
     for options, name in runs:
-        fn = tvl1_keras(bench, options)
+        try:
+            fn = tvl1_keras(bench, options)
+        except (ValueError, ImportError) as error:     # e.g. kernel="pallas" on a backend other than JAX
+            put = bench.writer("tvl1keras", "tvl1-keras", f"{config_name(options)}; {name}", device)
+            for metric in SPEED_METRICS:
+                put(metric, None, NOT_MEASURED, note=str(error))
+            continue
         call, slots = fn.plan(height, width, 1 << 30)          # what utils.extract_batched calls it with
         setting = f"{config_name(options)}; {name}; calls of {call} pairs ({slots} slots), {width}x{height}"
         if first_call is not None and bench.time_left("tvl1keras") < 1.5 * first_call + 2 * bench.s.min_time:
@@ -115,6 +122,36 @@ def stage_parity(bench: Bench) -> None:
             continue
         bench.writer("tvl1keras-parity", "tvl1 (OpenCV)", pair.name)("epe_px", opencv_epe, status, note=note)
         put("epe_ratio_vs_opencv", epe / opencv_epe, DERIVED, note=f"target 0.99 to 1.01; {note}")
+
+
+def stage_storage(bench: Bench) -> None:
+    """16-bit storage of the dual variables and warp terms (``storage="float16"|"bfloat16"``; u stays
+    float32) against float32 on the ground-truth pairs: EPE, the mean end-point difference to the
+    float32 flow, and the inner iterations (all levels) with their ratio to float32's. One slot, the
+    solver's default parameters; each storage and frame size compiles its programs once."""
+    from utils.flow import endpoint_error, read_flo
+    from utils.tvl1_keras import STORAGE_DTYPES
+
+    device = keras_device()
+    pairs = sorted(bench.gt_pairs(), key=lambda p: (read_gray(p / "frame1.png").size, p.name))
+    limit = bench.s.gt_pairs if bench.s.gt_pairs is not None else len(pairs) if not bench.s.quick else 1
+    for pair in pairs[:limit]:
+        gt = read_flo(pair / "gt.flo")
+        prev, nxt = (read_gray(pair / name) for name in ("frame1.png", "frame2.png"))
+        reference = None
+        for storage in STORAGE_DTYPES:                            # float32 first: the reference
+            fn = tvl1_keras(bench, {"storage": storage, "slots": 1, "pairs_per_slot": 1})
+            flow = fn.pairs(prev[None], nxt[None])[0]
+            iterations = int(fn.last_iterations.sum())
+            reference = reference or (flow, iterations)
+            put = bench.writer("tvl1keras-storage", f"tvl1-keras, storage={storage}", pair.name, device)
+            put("epe_px", endpoint_error(flow, gt))
+            put("inner_iterations", iterations, note="all pyramid levels and warps")
+            if storage != "float32":
+                put("epe_vs_float32_px", float(np.linalg.norm(flow - reference[0], axis=-1).mean()),
+                    note="mean end-point difference to the float32 flow")
+                put("iterations_vs_float32", iterations / reference[1], DERIVED)
+            bench.log(f"tvl1keras-storage: {pair.name} {storage}: {iterations} iterations")
 
 
 def smoke(bench: Bench) -> str:
