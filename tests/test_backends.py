@@ -19,7 +19,7 @@ def test_smoke_tests_pass_under_jax():
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "backend_smoke",
            "tests/test_models.py", "tests/test_generators.py", "tests/test_training.py",
-           "tests/test_tvl1_keras.py"]
+           "tests/test_tvl1_keras.py", "tests/test_tvl1_pallas.py"]
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
     print(result.stdout[-4000:], result.stderr[-2000:])
     assert result.returncode == 0, "smoke tests failed under KERAS_BACKEND=jax"

@@ -131,10 +131,21 @@ def test_a_call_never_mixes_frame_sizes(tmp_path, batched_method):
     assert sorted(batched_method.calls) == [(1, (48, 64)), (1, (72, 96)), (3, (48, 64)), (3, (72, 96))]
 
 
+class HostQuantised:
+    """A batched method's ``pairs`` and ``plan`` without quantisation on the device: the workers quantise."""
+
+    def __init__(self, flow):
+        self.flow, self.plan = flow, flow.plan
+
+    def pairs(self, frames0, frames1):
+        return self.flow.pairs(frames0, frames1)
+
+
 @pytest.mark.slow
-def test_tvl1_keras_through_the_pipeline(tmp_path):
-    """The real batched method: pairs of two 32x24 videos share calls; stored flows match the flow of
-    each video computed alone (up to quantisation and JPEG)."""
+def test_tvl1_keras_through_the_pipeline(tmp_path, monkeypatch):
+    """The real batched method: pairs of two 32x24 videos share calls; quantised on the device, the
+    stored flows are byte for byte those the workers write from the float flow, and match the flow
+    of each video computed alone (up to quantisation and JPEG)."""
     from utils.flow import read_flow_jpegs
     options = {"slots": 2, "pairs_per_slot": 2}
     root = tmp_path / "videos"
@@ -142,7 +153,14 @@ def test_tvl1_keras_through_the_pipeline(tmp_path):
              write_video(root / "a" / "two.avi", 3, size=(32, 24), seed=2)]
     summary = extract_dataset(root, tmp_path / "out", "tvl1-keras", workers=2, progress=False, method_options=options)
     assert (summary.done, summary.frame_pairs, summary.workers) == (2, 5, 2)
-    flow_fn = make_video_flow("tvl1-keras", **options)
+    host = HostQuantised(make_video_flow("tvl1-keras", **options))
+    assert host.flow.quantizes_on_device and not hasattr(host, "quantizes_on_device")
+    monkeypatch.setitem(FLOW_METHODS, "test-host-quantised", FLOW_METHODS["tvl1-keras"])    # removed afterwards
+    register_flow_method("test-host-quantised", lambda **_: host, batched=True)
+    monkeypatch.setattr(extract, "_worker_flow_fns", {})
+    extract_dataset(root, tmp_path / "host", "test-host-quantised", workers=2, progress=False, method_options=options)
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "host")                             # byte for byte
+    flow_fn = host.flow
     assert flow_fn.plan(24, 32, 10**6)[0] == 4              # 5 pairs: calls of 4 pairs mix the two videos
     for path in paths:
         video = tmp_path / "out" / "a" / path.stem

@@ -14,6 +14,7 @@ from utils import tvl1_keras as T
 
 PAIR_DIR = TEST_DATA / "flow_gt" / "mb_RubberWhale"
 SIZE = (64, 48)                     # width, height of the CI pair
+TINY_SIZE = (32, 24)                # two pyramid levels: for the configurations compiled only for one test
 SHIFT = (1.5, -0.75)                # known translation of the synthetic pair
 
 
@@ -191,3 +192,125 @@ def test_full_calls_plan_one_program_set_and_give_the_same_flow(flow_method, sma
     assert flow_method.plan(SIZE[1], SIZE[0], 1, full_call=True) == (4, 2)     # 2 slots x 2 pairs per slot
     lone = flow_method.pairs(small_pairs[0][1:2], small_pairs[1][1:2], full_call=True)   # the compiled 4-call
     np.testing.assert_allclose(lone[0], batched_flows[1], atol=1e-4)
+
+
+# --- no host round trip inside a level, the queue, the device's share of the work ------------------
+def _primitive_counts(jaxpr, counts):
+    """How often each primitive occurs in a jaxpr, its sub-jaxprs (loop bodies, branches) included."""
+    for eqn in jaxpr.eqns:
+        counts[eqn.primitive.name] = counts.get(eqn.primitive.name, 0) + 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else [value]:
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    _primitive_counts(sub, counts)
+    return counts
+
+
+@pytest.mark.backend_smoke
+@pytest.mark.skipif(T.keras.backend.backend() != "jax", reason="inspects the JAX program (test_backends runs it)")
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_a_level_branches_on_no_device_value(check_every):
+    """All levels in one program: per level one data-dependent loop ("work left?"), no ``cond``
+    (each is a device-to-host copy per scheduling step under XLA on a GPU); the chunk's loop and
+    the ``check_every`` steps between two tests have fixed trip counts (``scan``)."""
+    import jax
+    frames = np.zeros((2, 24, 32), np.uint8)
+    jaxpr = jax.make_jaxpr(lambda a, b: T.flow_pyramid(a, b, slots=2, chunk=2, check_every=check_every)[0])(
+        frames, frames)
+    counts = _primitive_counts(jaxpr.jaxpr, {})
+    assert counts.get("cond", 0) == 0
+    assert counts.get("while", 0) == len(T.pyramid_sizes(24, 32)) == 2
+    # the CPU's option: one cond per step that skips an idle service
+    jaxpr = jax.make_jaxpr(lambda a, b: T.flow_pyramid(a, b, slots=2, chunk=2, check_every=check_every,
+                                                       skip_idle_service=True)[0])(frames, frames)
+    assert _primitive_counts(jaxpr.jaxpr, {}).get("cond", 0) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs(small_pairs):
+    """The three pairs at 32x24 (two pyramid levels: each new configuration compiles in seconds)."""
+    return tuple(np.stack([cv2.resize(f, TINY_SIZE, interpolation=cv2.INTER_AREA) for f in frames])
+                 for frames in small_pairs)
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tiny_pairs):
+    """The default configuration on the tiny pairs: (flow, steps per level, iterations per level)."""
+    flow = T.TVL1Keras(slots=2, pairs_per_slot=2)
+    return flow.pairs(*tiny_pairs), flow.last_steps, flow.last_iterations
+
+
+def test_check_every_changes_the_step_count_only(tiny_pairs, tiny_reference):
+    flows, steps, iterations = tiny_reference
+    sparse = T.TVL1Keras(slots=2, pairs_per_slot=2, check_every=4)
+    np.testing.assert_allclose(sparse.pairs(*tiny_pairs), flows, atol=1e-4)
+    np.testing.assert_array_equal(sparse.last_iterations, iterations)
+    for level_steps, reference in zip(sparse.last_steps, steps):
+        assert level_steps % 4 == 0 and reference <= level_steps < reference + 4
+
+
+@pytest.mark.backend_smoke
+def test_longest_first_orders_by_coarser_iterations_padding_last():
+    counts = np.array([5, 9, 9, 0, 7], np.int32)
+    valid = np.array([True, True, True, True, False])
+    np.testing.assert_array_equal(np.asarray(T.longest_first(counts, valid)), [1, 2, 0, 3, 4])
+
+
+def test_finer_levels_take_the_slowest_pairs_first(flow_method, small_pairs):
+    """``last_starts``: the step each pair entered a slot. Two slots, one served per step, three
+    pairs: at each finer level the pairs enter in the order of their coarser iteration counts."""
+    flow_method.pairs(*small_pairs)
+    iterations, starts = flow_method.last_iterations, flow_method.last_starts
+    assert iterations.shape == starts.shape == (len(T.pyramid_sizes(SIZE[1], SIZE[0])), 3)
+    assert (iterations > 0).all() and (np.diff(starts[0]) > 0).all()       # the coarsest level: in order
+    reordered = False
+    for level in range(1, len(iterations)):
+        order = np.lexsort((np.arange(3), -iterations[level - 1]))      # most coarse iterations first
+        assert (np.diff(starts[level][order]) > 0).all(), (iterations[level - 1], starts[level])
+        reordered |= list(order) != [0, 1, 2]
+    assert reordered, "the fixture's pairs never change order: the test would not see the queue"
+
+
+def test_slots_are_not_capped_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(T, "device_memory_bytes", lambda: (80 * 2**30, "gpu"))
+    per_slot = 4 * 240 * 320 * (T._IMAGES_PER_SLOT + 4 * T._IMAGES_PER_PAIR)
+    assert T.choose_slots(240, 320) == 40 * 2**30 // per_slot > 64
+    assert T.choose_slots(240, 320, max_slots=100) == 100
+    monkeypatch.setattr(T, "device_memory_bytes", lambda: (20 * 2**30, "cpu"))
+    assert T.choose_slots(240, 320) == 4
+
+
+@pytest.mark.backend_smoke
+def test_device_quantisation_gives_quantize_flows_bytes():
+    from utils.flow import quantize_flow
+    rng = np.random.default_rng(4)
+    flow = np.concatenate([rng.normal(0, 12, 4000), np.linspace(-21, 21, 4001)]).astype(np.float32)
+    flow = np.concatenate([flow, (np.arange(-128, 128) + 0.5) / np.float32(6.375) - 20]).astype(np.float32)  # ties
+    np.testing.assert_array_equal(np.asarray(T.quantize_flow_ops(flow, 20.0)), quantize_flow(flow, 20.0))
+    np.testing.assert_array_equal(np.asarray(T.quantize_flow_ops(flow, 2.5)), quantize_flow(flow, 2.5))
+
+
+def test_pairs_quantised_on_the_device(tiny_pairs, tiny_reference):
+    from utils.flow import quantize_flow
+    flow = T.TVL1Keras(slots=2, pairs_per_slot=2)
+    quantized = flow.pairs(*tiny_pairs, quantize=1.0)          # 1 px: clipping and rounding both matter
+    assert quantized.dtype == np.uint8 and quantized.shape == tiny_reference[0].shape
+    np.testing.assert_array_equal(quantized, quantize_flow(tiny_reference[0], 1.0))
+    with pytest.raises(ValueError, match="positive"):
+        flow.pairs(*tiny_pairs, quantize=0)
+
+
+def test_16_bit_storage_stays_close_to_float32(tiny_pairs, tiny_reference):
+    """float16 dual variables and warp terms: not the float32 flow, but within a few hundredths
+    of a pixel and a few percent of its iterations (full-size figures: ``python -m utils.bench --stages tvl1keras-storage``)."""
+    reference, _, iterations = tiny_reference
+    half = T.TVL1Keras(slots=2, pairs_per_slot=2, storage="float16")
+    flows = half.pairs(*tiny_pairs)
+    difference = np.linalg.norm(flows - reference, axis=-1)
+    print(f"float16 vs float32: mean {difference.mean():.4f} px, 95th percentile "
+          f"{np.percentile(difference, 95):.4f} px, iterations {half.last_iterations.sum()} vs {iterations.sum()}")
+    assert 0 < difference.mean() < 0.05 and np.percentile(difference, 95) < 0.2
+    assert 0.9 < half.last_iterations.sum() / iterations.sum() < 1.1
+    with pytest.raises(ValueError, match="storage"):
+        T.TVL1Keras(storage="int8")

@@ -4,7 +4,8 @@
 process only computes flow; ``workers`` spawned processes do everything else, at the same time:
 
 * **decode** a video, write its ``img_*.jpg`` and send its grayscale frames back;
-* **write** flows: quantise (``utils.flow.quantize_flow``) and encode ``flow_x/flow_y_*.jpg``.
+* **write** flows: quantise (``utils.flow.quantize_flow``, unless the flow method did it on its
+  device) and encode ``flow_x/flow_y_*.jpg``.
 
 Frame pairs of several videos of the same size share one flow call (``flow_fn.pairs``, e.g.
 :meth:`utils.tvl1_keras.TVL1Keras.pairs`, whose ``plan`` gives the call size), so short clips fill
@@ -119,9 +120,12 @@ def _batch_size(flow_fn, height: int, width: int) -> int:
 
 
 def _compute(flow_fn, segments: list[tuple[_Video, int, int]]) -> np.ndarray:
-    """Flows of the pairs of ``segments`` in one call: float32[sum of counts, H, W, 2]."""
+    """Flows of the pairs of ``segments`` in one call: float32[sum of counts, H, W, 2], or uint8
+    (``quantize_flow``'s bytes) from a method that quantises on its device (``quantizes_on_device``)."""
     frames0 = np.concatenate([v.frames[first:first + n] for v, first, n in segments])
     frames1 = np.concatenate([v.frames[first + 1:first + n + 1] for v, first, n in segments])
+    if getattr(flow_fn, "quantizes_on_device", False):
+        return np.asarray(flow_fn.pairs(frames0, frames1, quantize=segments[0][0].job.settings.flow_bound), np.uint8)
     return np.asarray(flow_fn.pairs(frames0, frames1), np.float32)
 
 

@@ -416,8 +416,10 @@ def stored_frames(video_path: str | Path, folder: Path, settings: ExtractionSett
 
 
 def write_flows(folder: str | Path, first_index: int, flows: np.ndarray, settings: ExtractionSettings) -> int:
-    """Quantise flows ``first_index, first_index + 1, ...`` (1-based) and write them as JPEGs; their number."""
-    for offset, flow in enumerate(quantize_flow(flows, settings.flow_bound)):
+    """Quantise flows ``first_index, first_index + 1, ...`` (1-based) and write them as JPEGs; their number.
+    ``uint8`` flows are taken as already quantised (``quantize_flow``'s bytes, by a flow method on its device)."""
+    quantized = flows if flows.dtype == np.uint8 else quantize_flow(flows, settings.flow_bound)
+    for offset, flow in enumerate(quantized):
         path_x, path_y = flow_files(folder, first_index + offset, FLOW_NAMINGS[0])   # always flow_x_/flow_y_
         path_x.write_bytes(encode_jpeg(flow[..., 0], settings.jpeg_quality))
         path_y.write_bytes(encode_jpeg(flow[..., 1], settings.jpeg_quality))

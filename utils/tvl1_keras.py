@@ -23,14 +23,26 @@ enough to give the same flow to within a few hundredths of a pixel:
 
 Batching. Pairs converge at very different speeds (a warp takes 2 to 300 inner iterations), so
 a fixed batch would make every pair pay for the slowest. Instead each pyramid level keeps
-``slots`` pairs in flight and, every ``chunk`` inner iterations, takes a scheduling step: free
-slots take the next pairs of the queue, finished pairs write their flow back, and the slots that
-start a warp (or an outer iteration) are warped (median-filtered) -- at most ``side_work`` of them
-per step, gathered into a small batch, because a warp costs several iterations. Masks keep the
-pairs independent: a pair's flow does not depend on its neighbours in the batch. Each pyramid
-level is one Keras program (loops included, ``keras.ops.while_loop``), compiled once per
-(pairs per call, height, width): about a minute per frame size on a CPU with XLA. With JAX, set
-``JAX_COMPILATION_CACHE_DIR`` to keep compiled programs between runs.
+``slots`` pairs in flight and, every ``chunk`` inner iterations, takes a scheduling step: a fixed
+number (``side_work``) of the slots that need it are served -- a finished pair writes its flow
+back and the slot takes the next pair of the queue, a slot that starts a warp is warped, one that
+starts an outer iteration is median-filtered -- then every ready slot runs ``chunk`` inner
+iterations, each stopping by itself. Masks select what each slot keeps, so the pairs stay
+independent (a pair's flow does not depend on its neighbours in the batch) and no step branches on
+a device value: under XLA on a GPU every branch (``cond``) and every loop test is a copy to the
+host and a wait. The only data-dependent control flow left is each level's "work left?", tested on
+the device every ``check_every`` steps (on a CPU, where a branch costs no wait, a step also skips
+its service when no slot needs one: ``skip_idle_service``). The coarsest level takes the pairs in order; every finer
+level takes them longest first by the coarser level's iteration counts, so the slowest pairs do not
+start last. All levels, and (``quantize``) the uint8 quantisation of the stored flow, run in one
+Keras program compiled once per (pairs per call, height, width): about a minute per frame size
+on a CPU with XLA. With JAX, set ``JAX_COMPILATION_CACHE_DIR`` to keep compiled programs between
+runs.
+
+Options for the GPU: ``storage="float16"`` (or ``"bfloat16"``) keeps the dual variables and the
+warp terms in 16 bits (``u`` stays float32), ``kernel="pallas"`` (JAX only) runs each chunk of
+inner iterations as one fused kernel on tiles (:mod:`utils.tvl1_pallas`). ``python -m utils.bench
+--stages tvl1keras-storage`` measures what 16 bits cost in EPE and iterations.
 
 Usage::
 
@@ -38,20 +50,18 @@ Usage::
     flow = TVL1Keras()                      # OpenCV defaults
     flows = flow(gray_frames)               # uint8[T, H, W] -> float32[T-1, H, W, 2]
     print(flow.device)                      # e.g. "jax on gpu:0 (NVIDIA H100 80GB HBM3)"
+    stored = flow.pairs(frames0, frames1, quantize=20.0)   # uint8, as utils.flow.quantize_flow
 
-Benchmark (speed at 320x240 on a real clip, parity with OpenCV on the ground-truth pairs)::
-
-    KERAS_BACKEND=jax python -m utils.tvl1_keras --n-pairs 256 --video tests/data/hmdb51_clips
+Its speed (real 320x240 clips) and parity with OpenCV (the ground-truth pairs) are measured by
+``python -m utils.bench --stages tvl1keras,tvl1keras-parity``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
 import shutil
 import subprocess
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,13 +69,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from utils.config import REPO_ROOT
-
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 MIN_PYRAMID_SIDE = 16            # OpenCV stops the pyramid before a level narrower than this
 CUBIC_A = -0.75                  # OpenCV's bicubic kernel parameter
-TEST_CLIPS = REPO_ROOT / "tests" / "data" / "hmdb51_clips"      # benchmark defaults: real HMDB51 clips
-TEST_FLOW_GT = REPO_ROOT / "tests" / "data" / "flow_gt"         # and pairs with ground-truth flow
 
 
 @dataclass(frozen=True)
@@ -296,8 +302,56 @@ def _dual_update(p1, p2, ux, uy, taut):
     return (p1 + taut * ux) / norm, (p2 + taut * uy) / norm
 
 
-_SLOT_STATE = ("index", "alive", "needs_warp", "needs_median", "warp", "n", "u1", "u2", "p11", "p12", "p21",
-               "p22", "I0", "I1", "I1x", "I1y", "I1wx", "I1wy", "grad", "rho_c")
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")     # storage of p and the warp terms (u: float32)
+KERNELS = ("keras", "pallas")                           # the inner loop: Keras ops (any backend) or Pallas (JAX)
+_FLOW_DUAL = ("u1", "u2", "p11", "p12", "p21", "p22")
+_TERMS = ("I1wx", "I1wy", "grad", "rho_c")
+_SLOT_STATE = ("index", "alive", "finished", "needs_warp", "needs_median", "warp", "n", "total") + _FLOW_DUAL + _TERMS
+_LEVEL_STATE = ("U1", "U2", "counts", "starts", "queue", "steps")
+
+
+def make_keras_inner_iterations(params: TVL1Params, chunk: int, storage: str = "float32"):
+    """``chunk`` inner iterations of every ready slot in Keras ops, masked per slot.
+
+    ``inner(state, terms, ready, scaled_epsilon)``: ``state`` = (u1, u2, p11, p12, p21, p22)
+    [slots, h, w] (u float32, p in ``storage``), ``terms`` = (I1wx, I1wy, grad, rho_c) in
+    ``storage``, ``ready`` bool[slots]; returns the new state, the iterations each slot ran and
+    whether it converged (``sum((u - u_old)^2) <= scaled_epsilon`` after an iteration: it then stops).
+    ``p`` is rounded to ``storage`` after every iteration (what storing it between kernels does).
+    """
+    l_t = np.float32(params.lambda_ * params.theta)
+    taut = np.float32(params.tau / params.theta)
+    theta = np.float32(params.theta)
+
+    def inner(state, terms, ready, scaled_epsilon):
+        I1wx, I1wy, grad, rho_c = (ops.cast(t, "float32") for t in terms)
+
+        def step(_, carry):
+            u1, u2, p11, p12, p21, p22, n, converged = carry
+            running = ready & ~converged
+            p11f, p12f, p21f, p22f = (ops.cast(p, "float32") for p in (p11, p12, p21, p22))
+            rho = rho_c + (I1wx * u1 + I1wy * u2)
+            v1 = _threshold(u1, I1wx, rho, grad, l_t)
+            v2 = _threshold(u2, I1wy, rho, grad, l_t)
+            new_u1 = v1 + theta * divergence(p11f, p12f)
+            new_u2 = v2 + theta * divergence(p21f, p22f)
+            error = ops.sum(ops.square(new_u1 - u1) + ops.square(new_u2 - u2), axis=(1, 2))
+            u1x, u1y = forward_gradient(new_u1)
+            u2x, u2y = forward_gradient(new_u2)
+            new_p11, new_p12 = _dual_update(p11f, p12f, u1x, u1y, taut)
+            new_p21, new_p22 = _dual_update(p21f, p22f, u2x, u2y, taut)
+            run = running[:, None, None]
+            keep = lambda new, old: ops.where(run, ops.cast(new, old.dtype), old)   # noqa: E731
+            return (keep(new_u1, u1), keep(new_u2, u2), keep(new_p11, p11), keep(new_p12, p12),
+                    keep(new_p21, p21), keep(new_p22, p22),
+                    n + ops.cast(running, "int32"), converged | (running & (error <= scaled_epsilon)))
+
+        slots = ready.shape[0]
+        carry = (*state, ops.zeros((slots,), "int32"), ops.zeros((slots,), "bool"))
+        *state, ran, converged = ops.fori_loop(0, chunk, step, carry)
+        return tuple(state), ran, converged
+
+    return inner
 
 
 def _first_flagged(flags, count: int):
@@ -308,229 +362,240 @@ def _first_flagged(flags, count: int):
     return chosen, ops.take(flags, chosen, axis=0)
 
 
-def _solve_level(I0_all, I1_all, U1, U2, n_valid, params: TVL1Params, slots: int, chunk: int,
-                 side_work: int | None = None):
-    """Run every pair through all warps of one pyramid level; returns U1, U2 and the step count.
+def longest_first(counts, valid, params: TVL1Params = TVL1Params()):
+    """Queue order for the next finer level: real pairs by decreasing ``counts`` (the inner
+    iterations they took at the coarser level; ties by index), padding pairs last. int32[N]."""
+    pairs = counts.shape[0]
+    most = params.warps * params.inner_iterations * params.outer_iterations
+    rank = ops.where(valid, most - ops.cast(counts, "int32"), 2 * most + 1)   # 0 .. 2 * most + 1, smaller first
+    key = rank * pairs + ops.arange(pairs, dtype="int32")                     # unique: any sort gives one order
+    return ops.cast(ops.argsort(key), "int32")
+
+
+def solve_level(I0_all, I1_all, U1, U2, order, n_valid, params: TVL1Params, slots: int, chunk: int,
+                side_work: int | None = None, check_every: int = 1, storage: str = "float32", inner=None,
+                skip_idle_service: bool = False):
+    """Run every pair through all warps of one pyramid level, ``slots`` at a time.
 
     ``I*_all`` float32[N, h, w]; ``U1``, ``U2`` float32[N + 1, h, w], the flow each pair starts
-    from (row N is a scratch row that absorbs writes from empty slots); pairs ``0 .. n_valid-1``
-    are real, the rest padding.
+    from (row N is a scratch row that absorbs the writes of empty slots); ``order`` int32[N] the
+    queue (pairs ``order[0 .. n_valid-1]`` are real). Returns ``U1``, ``U2``, ``counts`` and
+    ``starts`` int32[N + 1] (inner iterations of each pair; the step it entered a slot) and the
+    number of scheduling steps.
 
-    One loop step = one scheduling step: fill empty slots from the queue; warp the images of up
-    to ``side_work`` slots that start a warp; median-filter up to ``side_work`` slots that start an
-    outer iteration; run ``chunk`` inner iterations on the slots that are ready (a slot waiting
-    for its warp or median sits the chunk out); then see which warps and pairs have finished.
-    Warps and medians cost several iterations each, so they run only on the slots that need them.
+    One scheduling step: (1) service, always the same amount of work, on ``side_work`` slots that
+    need it (lowest index first): a finished pair writes its flow back, an empty slot takes the
+    next pair of the queue, a slot that starts a warp is warped, a slot that starts an outer
+    iteration is median-filtered; masks select what each served slot keeps. (2) ``chunk`` inner
+    iterations (``inner``, default the Keras-ops loop) of the slots that are ready, each stopping
+    by itself. (3) Bookkeeping: which warps and pairs ended. No step branches on a device value:
+    the only data-dependent control flow is the loop's test "work left?", evaluated on the device
+    every ``check_every`` steps (extra steps after the end do nothing). ``skip_idle_service``: skip
+    the service when no slot needs it, one ``cond`` per step (cheap on a CPU, where it saves most
+    of the service's work; a host round trip per step under XLA on a GPU).
     """
     pairs, height, width = I0_all.shape
     side_work = max(1, min(slots, side_work or -(-slots // 4)))
     scaled_epsilon = np.float32(params.epsilon * params.epsilon * height * width)
     max_iterations = params.inner_iterations * params.outer_iterations
-    l_t = np.float32(params.lambda_ * params.theta)
-    taut = np.float32(params.tau / params.theta)
-    theta = np.float32(params.theta)
+    median = params.median_filtering > 1
+    inner = inner or make_keras_inner_iterations(params, chunk, storage)
+    I1x_all, I1y_all = centered_gradient(I1_all)
     mask = lambda flags: flags[:, None, None]  # noqa: E731  (per-slot flag -> image mask)
-    zeros = lambda: ops.zeros((slots, height, width), "float32")  # noqa: E731  (fresh: some backends scatter in place)
+    keys = _SLOT_STATE + _LEVEL_STATE
 
-    def refill(s, U1, U2, queue):
-        """Give each empty slot the next pair of the queue (flow from U, dual variables 0)."""
-        empty = ~s["alive"]
-        next_index = queue + ops.cumsum(ops.cast(empty, "int32")) - 1
-        fill = empty & (next_index < n_valid)
-        index = ops.where(fill, next_index, s["index"])
-        names = ("I0", "I1", "I1x", "I1y", "u1", "u2", "p11", "p12", "p21", "p22")
+    def needs_service(s):
+        return s["finished"] | s["needs_warp"] | s["needs_median"] | (~s["alive"] & (s["queue"] < n_valid))
 
-        def load():
-            safe = ops.minimum(index, pairs - 1)
-            I1 = ops.take(I1_all, safe, axis=0)
-            new = (ops.take(I0_all, safe, axis=0), I1, *centered_gradient(I1),
-                   ops.take(U1, index, axis=0), ops.take(U2, index, axis=0), zeros(), zeros(), zeros(), zeros())
-            return tuple(ops.where(mask(fill), a, s[k]) for k, a in zip(names, new))
+    def service(s):
+        chosen, served = _first_flagged(needs_service(s), side_work)
+        rows = ops.expand_dims(chosen, 1)
+        old = {name: ops.take(s[name], chosen, axis=0) for name in _SLOT_STATE}   # the chosen slots
+        index, alive, finished, u1, u2 = (old[k] for k in ("index", "alive", "finished", "u1", "u2"))
+        # 1. a finished pair writes its flow and its iteration count back (others: the scratch row)
+        target = ops.expand_dims(ops.where(served & finished, index, pairs), 1)
+        s["U1"], s["U2"] = ops.scatter_update(s["U1"], target, u1), ops.scatter_update(s["U2"], target, u2)
+        s["counts"] = ops.scatter_update(s["counts"], target, old["total"])
+        # 2. a freed or empty slot takes the next pair of the queue
+        take = served & (finished | ~alive)
+        position = s["queue"] + ops.cumsum(ops.cast(take, "int32")) - 1
+        fill = take & (position < n_valid)
+        s["queue"] = ops.minimum(s["queue"] + ops.sum(ops.cast(take, "int32")), n_valid)
+        queued = ops.take(order, ops.minimum(position, pairs - 1), axis=0)
+        index = ops.where(fill, queued, ops.where(take, pairs, index))
+        u1 = ops.where(mask(fill), ops.take(s["U1"], index, axis=0), u1)
+        u2 = ops.where(mask(fill), ops.take(s["U2"], index, axis=0), u2)
+        s["starts"] = ops.scatter_update(s["starts"], ops.expand_dims(ops.where(fill, index, pairs), 1),
+                                         ops.zeros_like(index) + s["steps"])
+        # 3. warp I1 and its gradient by the current flow (OpenCV: remap + calcGradRho)
+        warp = served & (old["needs_warp"] | fill)
+        safe = ops.minimum(index, pairs - 1)
+        terms = _warp_terms(*(ops.take(a, safe, axis=0) for a in (I0_all, I1_all, I1x_all, I1y_all)), u1, u2)
+        new = {name: ops.where(mask(warp), ops.cast(value, storage), old[name]) for name, value in zip(_TERMS, terms)}
+        # 4. median filter at the start of an outer iteration (a warp starts one)
+        if median:
+            smooth = served & (old["needs_median"] | warp)
+            both = median_blur(ops.concatenate([u1, u2], axis=0), params.median_filtering)
+            u1 = ops.where(mask(smooth), both[:side_work], u1)
+            u2 = ops.where(mask(smooth), both[side_work:], u2)
+        new.update({name: ops.where(mask(fill), ops.zeros_like(old[name]), old[name])   # a new pair's p start at 0
+                    for name in ("p11", "p12", "p21", "p22")})
+        new.update(u1=u1, u2=u2, index=index, alive=fill | (alive & ~take), finished=finished & ~served,
+                   needs_warp=old["needs_warp"] & ~served, needs_median=old["needs_median"] & ~served,
+                   warp=ops.where(fill, 0, old["warp"]), n=ops.where(fill, 0, old["n"]),
+                   total=ops.where(fill, 0, old["total"]))
+        for name, value in new.items():
+            s[name] = ops.scatter_update(s[name], rows, value)
 
-        s.update(zip(names, ops.cond(ops.any(fill), load, lambda: tuple(s[k] for k in names))))
-        s["index"], s["alive"] = index, s["alive"] | fill
-        s["needs_warp"] = s["needs_warp"] | fill
-        s["warp"] = ops.where(fill, 0, s["warp"])
-        s["n"] = ops.where(fill, 0, s["n"])
-        return ops.minimum(queue + ops.sum(ops.cast(empty, "int32")), n_valid)
+    def served(values):
+        s = dict(zip(keys, values))
+        service(s)
+        return tuple(s[k] for k in keys)
 
-    def update_some(s, flag: str, names, compute):
-        """Replace ``names`` by ``compute(s, chosen)`` in up to ``side_work`` slots flagged ``flag``;
-        returns the slots that were served (the others keep their flag for the next step)."""
-        flags = s[flag]
-
-        def work():
-            chosen, chosen_flags = _first_flagged(flags, side_work)
-            new = compute(s, chosen)
-            rows = ops.expand_dims(chosen, 1)
-            served = flags & ops.any(ops.arange(slots, dtype="int32")[:, None] == chosen[None, :], axis=1)
-            updated = tuple(ops.scatter_update(s[k], rows, ops.where(mask(chosen_flags), a,
-                                                                     ops.take(s[k], chosen, axis=0)))
-                            for k, a in zip(names, new))
-            return updated + (served,)
-
-        out = ops.cond(ops.any(flags), work, lambda: tuple(s[k] for k in names) + (ops.zeros_like(flags),))
-        s.update(zip(names, out[:-1]))
-        served = out[-1]
-        s[flag] = flags & ~served
-        return served
-
-    def warp(s, chosen):
-        """Warp I1 and its gradient by the current flow (OpenCV: remap + calcGradRho)."""
-        return _warp_terms(*(ops.take(s[k], chosen, axis=0) for k in ("I0", "I1", "I1x", "I1y", "u1", "u2")))
-
-    def median(s, chosen):
-        """Median filter of the flow at the start of an outer iteration (u1 and u2 in one batch)."""
-        both = ops.concatenate([ops.take(s["u1"], chosen, axis=0), ops.take(s["u2"], chosen, axis=0)], axis=0)
-        both = median_blur(both, params.median_filtering)
-        return both[:side_work], both[side_work:]
-
-    def inner_iterations(s):
-        """``chunk`` inner iterations of every ready slot; returns which slots converged."""
-        ready = s["alive"] & ~s["needs_warp"] & ~s["needs_median"]
-        I1wx, I1wy, grad, rho_c = s["I1wx"], s["I1wy"], s["grad"], s["rho_c"]
-
-        def step(_, carry):
-            u1, u2, p11, p12, p21, p22, n, converged = carry
-            running = ready & ~converged
-            rho = rho_c + (I1wx * u1 + I1wy * u2)
-            v1 = _threshold(u1, I1wx, rho, grad, l_t)
-            v2 = _threshold(u2, I1wy, rho, grad, l_t)
-            new_u1 = v1 + theta * divergence(p11, p12)
-            new_u2 = v2 + theta * divergence(p21, p22)
-            error = ops.sum(ops.square(new_u1 - u1) + ops.square(new_u2 - u2), axis=(1, 2))
-            u1x, u1y = forward_gradient(new_u1)
-            u2x, u2y = forward_gradient(new_u2)
-            new_p11, new_p12 = _dual_update(p11, p12, u1x, u1y, taut)
-            new_p21, new_p22 = _dual_update(p21, p22, u2x, u2y, taut)
-            run = mask(running)
-            return (ops.where(run, new_u1, u1), ops.where(run, new_u2, u2),
-                    ops.where(run, new_p11, p11), ops.where(run, new_p12, p12),
-                    ops.where(run, new_p21, p21), ops.where(run, new_p22, p22),
-                    n + ops.cast(running, "int32"), converged | (running & (error <= scaled_epsilon)))
-
-        carry = (s["u1"], s["u2"], s["p11"], s["p12"], s["p21"], s["p22"], s["n"], ops.zeros((slots,), "bool"))
-        s["u1"], s["u2"], s["p11"], s["p12"], s["p21"], s["p22"], s["n"], converged = ops.fori_loop(
-            0, chunk, step, carry)
-        return ready, converged
-
-    def body(*values):
-        s = dict(zip(_SLOT_STATE, values[:-4]))
-        U1, U2, queue, steps = values[-4:]
-        queue = refill(s, U1, U2, queue)
-        warped = update_some(s, "needs_warp", ("I1wx", "I1wy", "grad", "rho_c"), warp)
-        if params.median_filtering > 1:
-            s["needs_median"] = s["needs_median"] | warped       # a warp starts with an outer iteration
-            update_some(s, "needs_median", ("u1", "u2"), median)
-        ready, converged = inner_iterations(s)
-        # A warp ends when it converged or ran out of iterations; after the last warp the pair
-        # writes its flow back to U and leaves its slot. Otherwise an outer iteration may begin.
+    def step(s):
+        if skip_idle_service:
+            values = tuple(s[k] for k in keys)
+            s.update(zip(keys, ops.cond(ops.any(needs_service(s)), lambda: served(values), lambda: values)))
+        else:
+            service(s)
+        ready = s["alive"] & ~s["finished"] & ~s["needs_warp"] & ~s["needs_median"]
+        state, ran, converged = inner(tuple(s[k] for k in _FLOW_DUAL), tuple(s[k] for k in _TERMS), ready,
+                                      scaled_epsilon)
+        s.update(zip(_FLOW_DUAL, state))
+        s["n"], s["total"] = s["n"] + ran, s["total"] + ran
+        # A warp ends when it converged or ran out of iterations; after the last warp the pair is
+        # finished (its flow is written back by the next service). Otherwise an outer iteration may begin.
         warp_end = ready & (converged | (s["n"] >= max_iterations))
         s["warp"] = s["warp"] + ops.cast(warp_end, "int32")
-        if params.median_filtering > 1:
-            outer_start = ready & ~warp_end & (s["n"] % params.inner_iterations == 0)
-            s["needs_median"] = s["needs_median"] | outer_start
+        if median:
+            s["needs_median"] = s["needs_median"] | (ready & ~warp_end & (s["n"] % params.inner_iterations == 0))
         s["n"] = ops.where(warp_end, 0, s["n"])
         done = warp_end & (s["warp"] >= params.warps)
-
-        def write_back():
-            target = ops.expand_dims(ops.where(done, s["index"], pairs), 1)
-            return ops.scatter_update(U1, target, s["u1"]), ops.scatter_update(U2, target, s["u2"])
-
-        U1, U2 = ops.cond(ops.any(done), write_back, lambda: (U1, U2))
+        s["finished"] = s["finished"] | done
         s["needs_warp"] = s["needs_warp"] | (warp_end & ~done)
-        s["alive"] = s["alive"] & ~done
-        return tuple(s[k] for k in _SLOT_STATE) + (U1, U2, queue, steps + 1)
+        s["steps"] = s["steps"] + 1
+
+    def steps(values):
+        s = dict(zip(keys, values))
+        step(s)
+        return tuple(s[k] for k in keys)
+
+    def body(*values):
+        if check_every == 1:
+            return steps(values)
+        return ops.fori_loop(0, check_every, lambda _, v: steps(v), tuple(values))
 
     def more_work(*values):
-        alive, queue = values[_SLOT_STATE.index("alive")], values[-2]
-        return ops.any(alive) | (queue < n_valid)
+        s = dict(zip(keys, values))
+        return ops.any(s["alive"]) | (s["queue"] < n_valid)
 
-    no = ops.zeros((slots,), "bool")
-    none = ops.zeros((slots,), "int32")
-    state = dict(index=none + pairs, alive=no, needs_warp=no, needs_median=no, warp=none, n=none)
-    state.update((k, zeros()) for k in _SLOT_STATE[6:])
-    counter = ops.convert_to_tensor(0, "int32")
-    final = ops.while_loop(more_work, body, tuple(state[k] for k in _SLOT_STATE) + (U1, U2, counter, counter))
-    return final[-4], final[-3], final[-1]
-
-
-def level_flow(frames0, frames1, coarse_flow, valid, *, level: int, params: TVL1Params = TVL1Params(),
-               slots: int | None = None, chunk: int = 2, side_work: int | None = None, return_steps: bool = False):
-    """TV-L1 flow of N pairs at pyramid ``level`` (0 = full size), float32[N, h, w, 2].
-
-    ``frames*`` uint8 or float32[N, H, W] full-size frames (the level's images are resized from
-    them here); ``coarse_flow`` float32[N, h', w', 2] the result of level + 1 (ignored for the
-    coarsest level); ``valid`` bool[N] marks real pairs (they come first; padding gets 0).
-    """
-    pairs, height, width = frames0.shape
-    sizes = pyramid_sizes(height, width, params.nscales, params.scale_step)
-    slots = pairs if slots is None else max(1, min(int(slots), pairs))
-    if params.inner_iterations % chunk:
-        raise ValueError(f"chunk={chunk} must divide inner_iterations={params.inner_iterations}")
-    images0, images1 = ops.cast(frames0, "float32"), ops.cast(frames1, "float32")
-    downscale = (1.0 / params.scale_step, 1.0 / params.scale_step)
-    for size in sizes[1:level + 1]:
-        images0, images1 = resize_linear(images0, size, downscale), resize_linear(images1, size, downscale)
-
-    spare = ops.zeros((1, *sizes[level]), "float32")
-    if level == len(sizes) - 1:
-        U1 = U2 = ops.zeros((pairs + 1, *sizes[level]), "float32")
-    else:       # the coarser flow, resized and scaled by 1 / scale_step
-        zoom = np.float32(1.0 / params.scale_step)
-        U1 = ops.concatenate([resize_linear(coarse_flow[..., 0], sizes[level]) * zoom, spare], axis=0)
-        U2 = ops.concatenate([resize_linear(coarse_flow[..., 1], sizes[level]) * zoom, spare], axis=0)
-    n_valid = ops.sum(ops.cast(valid, "int32"))
-    U1, U2, steps = _solve_level(images0, images1, U1, U2, n_valid, params, slots, chunk, side_work)
-    flow = ops.stack([U1[:pairs], U2[:pairs]], axis=-1)
-    return (flow, steps) if return_steps else flow
+    no, none = ops.zeros((slots,), "bool"), ops.zeros((slots,), "int32")
+    state = dict(index=none + pairs, alive=no, finished=no, needs_warp=no, needs_median=no, warp=none, n=none,
+                 total=none, U1=U1, U2=U2, counts=ops.zeros((pairs + 1,), "int32"),
+                 starts=ops.zeros((pairs + 1,), "int32") - 1, queue=ops.convert_to_tensor(0, "int32"),
+                 steps=ops.convert_to_tensor(0, "int32"))
+    for name in _FLOW_DUAL + _TERMS:
+        state[name] = ops.zeros((slots, height, width), "float32" if name in ("u1", "u2") else storage)
+    final = dict(zip(keys, ops.while_loop(more_work, body, tuple(state[k] for k in keys))))
+    return final["U1"], final["U2"], final["counts"], final["starts"], final["steps"]
 
 
-def tvl1_flow_batch(frames0, frames1, valid=None, *, params: TVL1Params = TVL1Params(), slots: int | None = None,
-                    chunk: int = 2, side_work: int | None = None):
-    """TV-L1 flow of N frame pairs: uint8/float32[N, H, W] x2 -> float32[N, H, W, 2] (pixels).
+def quantize_flow_ops(flow, bound: float):
+    """:func:`utils.flow.quantize_flow` in Keras ops (on the device): clip to +-``bound``, then
+    ``round(255 * (v + bound) / (2 * bound))`` as uint8, the same bytes as the NumPy version."""
+    bound = float(bound)
+    scaled = (ops.clip(flow, -bound, bound) + np.float32(bound)) * np.float32(255.0 / (2.0 * bound))
+    return ops.cast(ops.round(scaled), "uint8")
 
-    Plain ``keras.ops``, all levels in one call (eagerly, or inside one compiled function);
-    :class:`TVL1Keras` compiles one program per level instead, which compiles much faster.
-    ``slots`` pairs are iterated together (default: all); ``chunk`` inner iterations run between
-    two scheduling steps and must divide ``params.inner_iterations``; ``side_work`` slots at most
-    are warped or median-filtered per step (default: a quarter of the slots).
+
+def flow_pyramid(frames0, frames1, valid=None, *, params: TVL1Params = TVL1Params(), slots: int | None = None,
+                 chunk: int = 2, side_work: int | None = None, check_every: int = 1, storage: str = "float32",
+                 inner=None, skip_idle_service: bool = False):
+    """TV-L1 flow of N pairs, every pyramid level: float32[N, H, W, 2] and, per level (coarsest
+    first), the scheduling steps, each pair's inner iterations and the step it entered a slot.
+
+    ``frames*`` uint8 or float32[N, H, W]; ``valid`` bool[N] marks real pairs (they come first;
+    padding gets 0). The coarsest level takes the pairs in order, each finer level longest first
+    by the coarser level's iteration counts (:func:`longest_first`).
     """
     frames0, frames1 = ops.convert_to_tensor(frames0), ops.convert_to_tensor(frames1)
     pairs, height, width = frames0.shape
     valid = ops.ones((pairs,), "bool") if valid is None else ops.convert_to_tensor(valid)
-    levels = len(pyramid_sizes(height, width, params.nscales, params.scale_step))
-    flow = ops.zeros((pairs, 1, 1, 2), "float32")
-    for level in reversed(range(levels)):
-        flow = level_flow(frames0, frames1, flow, valid, level=level, params=params, slots=slots, chunk=chunk,
-                          side_work=side_work)
-    return flow
+    slots = pairs if slots is None else max(1, min(int(slots), pairs))
+    if params.inner_iterations % chunk:
+        raise ValueError(f"chunk={chunk} must divide inner_iterations={params.inner_iterations}")
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage={storage!r}: expected one of {STORAGE_DTYPES}")
+    sizes = pyramid_sizes(height, width, params.nscales, params.scale_step)
+    downscale = (1.0 / params.scale_step, 1.0 / params.scale_step)
+    levels0, levels1 = [ops.cast(frames0, "float32")], [ops.cast(frames1, "float32")]
+    for size in sizes[1:]:
+        levels0.append(resize_linear(levels0[-1], size, downscale))
+        levels1.append(resize_linear(levels1[-1], size, downscale))
+    n_valid = ops.sum(ops.cast(valid, "int32"))
+    zoom = np.float32(1.0 / params.scale_step)
+    steps, counts, starts = [], [], []
+    for level in reversed(range(len(sizes))):
+        if level == len(sizes) - 1:
+            U1 = U2 = ops.zeros((pairs + 1, *sizes[level]), "float32")
+            order = ops.arange(pairs, dtype="int32")
+        else:       # the coarser flow, resized and scaled by 1 / scale_step; the slowest pairs first
+            spare = ops.zeros((1, *sizes[level]), "float32")
+            U1 = ops.concatenate([resize_linear(U1[:pairs], sizes[level]) * zoom, spare], axis=0)
+            U2 = ops.concatenate([resize_linear(U2[:pairs], sizes[level]) * zoom, spare], axis=0)
+            order = longest_first(counts[-1], valid, params)
+        U1, U2, level_counts, level_starts, level_steps = solve_level(
+            levels0[level], levels1[level], U1, U2, order, n_valid, params, slots, chunk, side_work, check_every,
+            storage, inner, skip_idle_service)
+        steps.append(level_steps)
+        counts.append(level_counts[:pairs])
+        starts.append(level_starts[:pairs])
+    return ops.stack([U1[:pairs], U2[:pairs]], axis=-1), steps, counts, starts
+
+
+def tvl1_flow_batch(frames0, frames1, valid=None, *, params: TVL1Params = TVL1Params(), slots: int | None = None,
+                    chunk: int = 2, side_work: int | None = None, check_every: int = 1, storage: str = "float32"):
+    """TV-L1 flow of N frame pairs: uint8/float32[N, H, W] x2 -> float32[N, H, W, 2] (pixels).
+
+    Plain ``keras.ops`` (eagerly, or inside a compiled function: :class:`TVL1Keras` compiles it).
+    ``slots`` pairs are iterated together (default: all); ``chunk`` inner iterations run between
+    two scheduling steps and must divide ``params.inner_iterations``; ``side_work`` slots at most
+    are served (warped, median-filtered, refilled) per step (default: a quarter of the slots);
+    ``storage``: dtype of the dual variables and warp terms (``u`` stays float32).
+    """
+    return flow_pyramid(frames0, frames1, valid, params=params, slots=slots, chunk=chunk, side_work=side_work,
+                        check_every=check_every, storage=storage)[0]
 
 
 # --- compiled programs, batch sizes, devices -------------------------------------------------------
-class _LevelProgram(keras.Model):
-    """:func:`level_flow` of one pyramid level as a Keras model, so that ``predict_on_batch``
+class _FlowProgram(keras.Model):
+    """:func:`flow_pyramid`, every level, as one Keras model, so that ``predict_on_batch``
     compiles it (XLA on TensorFlow and JAX) once per input shape, on whichever backend is active.
-    One program per level: a single program for all levels compiles several times slower."""
+    Outputs: the flow (float32, or uint8 with ``quantize``), then per level (coarsest first) the
+    steps, the iteration counts and the start steps."""
 
-    def __init__(self, shape: tuple[int, int, int], level: int, params: TVL1Params, slots: int, chunk: int,
-                 side_work: int | None):
-        super().__init__(name=f"tvl1_keras_level{level}")
-        self.shape, self.level, self.params = shape, level, params
-        self.slots, self.chunk, self.side_work = slots, chunk, side_work
+    def __init__(self, shape: tuple[int, int, int], params: TVL1Params, slots: int, chunk: int,
+                 side_work: int | None, check_every: int, storage: str, inner, quantize: float | None,
+                 skip_idle_service: bool):
+        super().__init__(name="tvl1_keras")
+        self.shape, self.params, self.slots, self.chunk = shape, params, slots, chunk
+        self.side_work, self.check_every, self.storage = side_work, check_every, storage
+        self.inner, self.quantize, self.skip_idle_service = inner, quantize, skip_idle_service
         self.built = True       # nothing to build; and predict_on_batch would otherwise run it eagerly once
 
     def call(self, inputs):
-        frames0, frames1, coarse_flow, valid = inputs
+        frames0, frames1, valid = inputs
         # Static shapes, even where the backend traces with an unknown batch size.
         frames0, frames1 = ops.reshape(frames0, self.shape), ops.reshape(frames1, self.shape)
-        sizes = pyramid_sizes(*self.shape[1:], self.params.nscales, self.params.scale_step)
-        coarse_size = sizes[self.level + 1] if self.level + 1 < len(sizes) else (1, 1)
-        coarse_flow = ops.reshape(coarse_flow, (self.shape[0], *coarse_size, 2))
         valid = ops.reshape(valid, self.shape[:1])
-        flow, steps = level_flow(frames0, frames1, coarse_flow, valid, level=self.level, params=self.params,
-                                 slots=self.slots, chunk=self.chunk, side_work=self.side_work, return_steps=True)
-        return flow, ops.reshape(steps, (1,))
+        flow, steps, counts, starts = flow_pyramid(
+            frames0, frames1, valid, params=self.params, slots=self.slots, chunk=self.chunk, side_work=self.side_work,
+            check_every=self.check_every, storage=self.storage, inner=self.inner,
+            skip_idle_service=self.skip_idle_service)
+        if self.quantize is not None:
+            flow = quantize_flow_ops(flow, self.quantize)
+        return flow, ops.stack(steps), ops.stack(counts), ops.stack(starts)
+
 
 
 def default_device() -> str:
@@ -580,23 +645,28 @@ def device_memory_bytes() -> tuple[int, str]:
         return 4 * 2**30, "cpu"
 
 
-# Float32 images held per slot (state, warp terms, median temporaries, ...) and per queued pair
-# (pyramid, flow, output), with a margin; measured peaks stay below these.
+# Float32 images held per slot (state, warp terms, service and median temporaries, ...) and per
+# queued pair (pyramid, flow, output), with a margin; measured peaks stay below these. The Pallas
+# kernel adds its scratch tiles (6 per program, halo included; two launches: about 21 images per slot).
 _IMAGES_PER_SLOT = 64
 _IMAGES_PER_PAIR = 12
+_PALLAS_IMAGES_PER_SLOT = 24
 
 
 def choose_slots(height: int, width: int, *, memory_fraction: float = 0.5, max_slots: int | None = None,
-                 pairs_per_slot: int = 4) -> int:
+                 pairs_per_slot: int = 4, kernel: str = "keras") -> int:
     """How many pairs to iterate together at this frame size, from the device's memory.
 
-    Default caps: 4 on a CPU (measured fastest on 2 cores: more slots only add memory traffic),
-    64 on a GPU (about 5 million pixels per operation at 320x240: enough to fill a large GPU).
+    On a GPU as many as ``memory_fraction`` of its memory holds (no fixed cap: more slots make
+    every kernel larger and the scheduling steps fewer); on a CPU at most 4 (measured fastest on
+    2 cores: more slots only add memory traffic).
     """
     memory, kind = device_memory_bytes()
-    per_slot = 4 * height * width * (_IMAGES_PER_SLOT + pairs_per_slot * _IMAGES_PER_PAIR)
-    cap = max_slots if max_slots is not None else (64 if kind == "gpu" else 4)
-    return int(max(1, min(cap, memory * memory_fraction // per_slot)))
+    images = _IMAGES_PER_SLOT + (_PALLAS_IMAGES_PER_SLOT if kernel == "pallas" else 0)
+    per_slot = 4 * height * width * (images + pairs_per_slot * _IMAGES_PER_PAIR)
+    cap = max_slots if max_slots is not None else (None if kind == "gpu" else 4)
+    fits = int(memory * memory_fraction // per_slot)
+    return int(max(1, fits if cap is None else min(cap, fits)))
 
 
 class TVL1Keras:
@@ -604,91 +674,153 @@ class TVL1Keras:
 
     ``TVL1Keras(**opts)(gray_frames)`` maps ``uint8[T, H, W]`` to ``float32[T-1, H, W, 2]``;
     :meth:`pairs` takes any list of pairs of one size. Options: the :class:`TVL1Params` fields
-    (OpenCV names in snake case, e.g. ``lambda_=0.15``), ``slots`` (pairs iterated together,
-    default from device memory), ``pairs_per_slot`` (queue depth: pairs per call = slots x this),
-    ``chunk`` (inner iterations between scheduling steps), ``side_work`` (slots warped or
-    median-filtered per step, default a quarter of the slots), ``jit_compile`` (passed to
-    ``Model.compile``; ``"auto"``: XLA with JAX, and with TensorFlow when a GPU is present;
-    PyTorch runs eagerly).
-    After each call, ``last_steps`` holds the scheduling steps each level took (coarsest first).
+    (OpenCV names in snake case, e.g. ``lambda_=0.15``), and
+
+    * ``slots`` (pairs iterated together, default from device memory), ``pairs_per_slot`` (queue
+      depth: pairs per call = slots x this), ``chunk`` (inner iterations between scheduling steps),
+      ``side_work`` (slots served per step, default a quarter of the slots), ``check_every``
+      (scheduling steps between two evaluations of the loop's "work left?" test: on a GPU each
+      evaluation is a wait for the device), ``skip_idle_service`` (skip a step's service when no
+      slot needs it: one ``cond`` per step; default on a CPU only, where it costs no wait);
+    * ``storage``: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` for the dual
+      variables and the warp terms (``u`` stays float32): less memory traffic, slightly
+      different flow (see report/benchmarks.md);
+    * ``kernel``: ``"keras"`` (default, any backend) or ``"pallas"`` (JAX only: the inner loop as
+      one fused kernel per chunk, :mod:`utils.tvl1_pallas`; ``block`` its tile size with halo,
+      ``interpret`` to force Pallas' interpreter, default on a CPU);
+    * ``jit_compile`` (passed to ``Model.compile``; ``"auto"``: XLA with JAX, and with TensorFlow
+      when a GPU is present; PyTorch runs eagerly).
+
+    All pyramid levels run in one compiled program per (pairs per call, frame size). After each
+    call, ``last_steps`` holds the scheduling steps each level took (coarsest first),
+    ``last_iterations`` int[levels, N] each pair's inner iterations per level, ``last_starts``
+    the step at which each pair entered a slot, and ``last_stats`` the slots' occupancy.
     """
 
+    quantizes_on_device = True      # pairs(..., quantize=bound) returns utils.flow.quantize_flow's uint8
+
     def __init__(self, *, slots: int | None = None, pairs_per_slot: int = 4, chunk: int | None = None,
-                 side_work: int | None = None, jit_compile: bool | str = "auto", memory_fraction: float = 0.5,
-                 **params):
+                 side_work: int | None = None, check_every: int | None = None, storage: str = "float32",
+                 kernel: str = "keras", block: tuple[int, int] | None = None, interpret: bool | None = None,
+                 skip_idle_service: bool | None = None, jit_compile: bool | str = "auto",
+                 memory_fraction: float = 0.5, **params):
         self.params = TVL1Params(**params)
+        if storage not in STORAGE_DTYPES:
+            raise ValueError(f"storage={storage!r}: expected one of {STORAGE_DTYPES}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r}: expected one of {KERNELS}")
         self.device = device_description()
         on_cpu = device_memory_bytes()[1] == "cpu"
         self.slots, self.pairs_per_slot = slots, int(pairs_per_slot)
-        self.chunk = int(chunk) if chunk else (1 if on_cpu else 2)     # measured best on a 2-core CPU: 1
+        # measured best on a 2-core CPU: chunk 1; on a GPU longer chunks mean fewer scheduling steps
+        self.chunk = int(chunk) if chunk else (1 if on_cpu else 5 if kernel == "pallas" else 3)
+        self.check_every = int(check_every) if check_every else (1 if on_cpu else 4)
+        self.skip_idle_service = on_cpu if skip_idle_service is None else bool(skip_idle_service)
+        if self.check_every < 1:
+            raise ValueError(f"check_every={check_every} must be >= 1")
         self.side_work, self.jit_compile, self.memory_fraction = side_work, jit_compile, memory_fraction
+        self.storage, self.kernel = storage, kernel
         if self.params.inner_iterations % self.chunk:
             raise ValueError(f"chunk={chunk} must divide inner_iterations={self.params.inner_iterations}")
-        self._programs: dict[tuple, list[_LevelProgram]] = {}
+        self._inner = None
+        if kernel == "pallas":
+            if keras.backend.backend() != "jax":
+                raise ValueError(f"kernel='pallas' runs on the JAX backend only (KERAS_BACKEND=jax); this process "
+                                 f"uses {keras.backend.backend()!r}: use kernel='keras', the portable path")
+            try:
+                from utils import tvl1_pallas
+            except ImportError as error:
+                raise ImportError(f"kernel='pallas' needs jax with jax.experimental.pallas: {error}") from error
+            self.block = tuple(block) if block else tvl1_pallas.DEFAULT_BLOCK
+            self.interpret = tvl1_pallas.default_interpret() if interpret is None else bool(interpret)
+            tvl1_pallas.tile_grid(64, 64, self.chunk, self.block)          # checks block against chunk
+            self._inner = tvl1_pallas.make_inner_iterations(
+                chunk=self.chunk, lambda_theta=self.params.lambda_ * self.params.theta, theta=self.params.theta,
+                tau_theta=self.params.tau / self.params.theta, storage=storage, block=self.block,
+                interpret=self.interpret)
+        elif block is not None or interpret is not None:
+            raise ValueError("block and interpret are options of kernel='pallas'")
+        self._programs: dict[tuple, _FlowProgram] = {}
         self.last_steps: list[int] = []
+        self.last_iterations = np.zeros((0, 0), np.int32)
+        self.last_starts = np.zeros((0, 0), np.int32)
+        self.last_stats: dict = {}
 
     def __repr__(self):
-        return (f"TVL1Keras({self.device}, slots={self.slots or 'auto'}, pairs_per_slot={self.pairs_per_slot}, "
-                f"chunk={self.chunk}, side_work={self.side_work or 'auto'}, {asdict(self.params)})")
+        kernel = self.kernel if self.kernel == "keras" else \
+            f"pallas, block={self.block}{', interpreted' if self.interpret else ''}"
+        return (f"TVL1Keras({self.device}, kernel={kernel}, slots={self.slots or 'auto'}, "
+                f"pairs_per_slot={self.pairs_per_slot}, chunk={self.chunk}, side_work={self.side_work or 'auto'}, "
+                f"check_every={self.check_every}, skip_idle_service={self.skip_idle_service}, storage={self.storage}, "
+                f"{asdict(self.params)})")
 
     def plan(self, height: int, width: int, n_pairs: int, full_call: bool = False) -> tuple[int, int]:
         """(pairs per call, slots) for ``n_pairs`` pairs of this size.
 
         A call holds ``slots x pairs_per_slot`` pairs; fewer pairs are padded to a power of two,
-        at least a quarter of that, so a frame size compiles at most three program sets
-        (``full_call``: always the full call, one program set). Padding pairs never enter a slot:
+        at least a quarter of that, so a frame size compiles at most three programs
+        (``full_call``: always the full call, one program). Padding pairs never enter a slot:
         they cost memory and transfers, not iterations.
         """
         max_slots = self.slots or choose_slots(height, width, memory_fraction=self.memory_fraction,
-                                               pairs_per_slot=self.pairs_per_slot)
+                                               pairs_per_slot=self.pairs_per_slot, kernel=self.kernel)
         max_call = max_slots * self.pairs_per_slot
         call = max_call if full_call else \
             min(max_call, max(-(-max_call // 4), 2 ** math.ceil(math.log2(max(1, n_pairs)))))
         return call, max(1, min(max_slots, math.ceil(call / self.pairs_per_slot)))
 
-    def programs(self, height: int, width: int, call: int, slots: int) -> list[_LevelProgram]:
-        """The compiled level programs for calls of ``call`` pairs of this size, coarsest first."""
-        levels = len(pyramid_sizes(height, width, self.params.nscales, self.params.scale_step))
-        key = (call, height, width, slots)
+    def program(self, height: int, width: int, call: int, slots: int, quantize: float | None = None) -> _FlowProgram:
+        """The compiled program (all levels) for calls of ``call`` pairs of this size."""
+        key = (call, height, width, slots, quantize)
         if key not in self._programs:
-            self._programs[key] = []
-            for level in reversed(range(levels)):
-                program = _LevelProgram((call, height, width), level, self.params, slots, self.chunk,
-                                        self.side_work)
-                program.compile(jit_compile=self.jit_compile)
-                self._programs[key].append(program)
+            program = _FlowProgram((call, height, width), self.params, slots, self.chunk, self.side_work,
+                                   self.check_every, self.storage, self._inner, quantize, self.skip_idle_service)
+            program.compile(jit_compile=self.jit_compile)
+            self._programs[key] = program
         return self._programs[key]
 
-    def pairs(self, frames0: np.ndarray, frames1: np.ndarray, full_call: bool = False) -> np.ndarray:
+    def pairs(self, frames0: np.ndarray, frames1: np.ndarray, full_call: bool = False,
+              quantize: float | None = None) -> np.ndarray:
         """Flow from ``frames0[i]`` to ``frames1[i]``: uint8[N, H, W] x2 -> float32[N, H, W, 2].
 
-        ``full_call``: every call has the full planned size (see :meth:`plan`)."""
+        ``full_call``: every call has the full planned size (see :meth:`plan`). ``quantize``: a
+        bound in pixels (e.g. ``utils.flow.FLOW_BOUND``): the flow is quantised on the device and
+        returned as uint8[N, H, W, 2], the same bytes as ``utils.flow.quantize_flow(flow, bound)``."""
         frames0, frames1 = np.asarray(frames0), np.asarray(frames1)
         if frames0.shape != frames1.shape or frames0.ndim != 3 or frames0.shape[0] < 1:
             raise ValueError(f"expected two uint8[N, H, W] stacks of the same shape, "
                              f"got {frames0.shape} and {frames1.shape}")
         if frames0.dtype != np.uint8 or frames1.dtype != np.uint8:
             raise ValueError(f"expected uint8 grayscale frames, got {frames0.dtype} and {frames1.dtype}")
+        if quantize is not None and not float(quantize) > 0:
+            raise ValueError(f"quantize={quantize}: the bound must be a positive number of pixels")
         n, height, width = frames0.shape
         if min(height, width) < 3:
             raise ValueError(f"frames of {height}x{width} are too small for TV-L1 (at least 3x3)")
         call, slots = self.plan(height, width, n, full_call)
-        programs = self.programs(height, width, call, slots)
-        flows = np.empty((n, height, width, 2), np.float32)
+        program = self.program(height, width, call, slots, None if quantize is None else float(quantize))
+        flows = np.empty((n, height, width, 2), np.float32 if quantize is None else np.uint8)
+        steps, iterations, starts = [], [], []
         for start in range(0, n, call):
             count = min(call, n - start)
             batch0 = np.zeros((call, height, width), np.uint8)
             batch1 = np.zeros((call, height, width), np.uint8)
             batch0[:count], batch1[:count] = frames0[start:start + count], frames1[start:start + count]
             valid = np.arange(call) < count
-            flow = np.zeros((call, 1, 1, 2), np.float32)
-            self.last_steps = []
-            for program in programs:              # coarse to fine, one compiled program per level
-                with _quiet_retracing_warnings():
-                    flow, steps = program.predict_on_batch([batch0, batch1, flow, valid])
-                flow = np.asarray(flow)
-                self.last_steps.append(int(np.asarray(steps).reshape(-1)[0]))
-            flows[start:start + count] = flow[:count]
+            with _quiet_retracing_warnings():
+                flow, level_steps, counts, level_starts = program.predict_on_batch([batch0, batch1, valid])
+            flows[start:start + count] = np.asarray(flow)[:count]
+            steps.append(np.asarray(level_steps).reshape(-1))
+            iterations.append(np.asarray(counts)[:, :count])
+            starts.append(np.asarray(level_starts)[:, :count])
+        self.last_steps = [int(s) for s in steps[-1]]
+        self.last_iterations = np.concatenate(iterations, axis=1)
+        self.last_starts = np.concatenate(starts, axis=1)
+        slot_iterations = float(sum(s.sum() for s in steps)) * slots * self.chunk
+        self.last_stats = dict(calls=len(steps), call=call, slots=slots, chunk=self.chunk,
+                               steps=int(sum(s.sum() for s in steps)),
+                               inner_iterations=int(self.last_iterations.sum()),
+                               occupancy=float(self.last_iterations.sum() / max(slot_iterations, 1.0)))
         return flows
 
     def video(self, gray_frames: np.ndarray) -> np.ndarray:
@@ -700,7 +832,6 @@ class TVL1Keras:
         return self.pairs(gray_frames[:-1], gray_frames[1:])
 
     __call__ = video
-
 
 @contextlib.contextmanager
 def _quiet_retracing_warnings():
@@ -723,198 +854,9 @@ def make_video_flow(**options) -> TVL1Keras:
 make_tvl1_keras = make_video_flow
 
 
-# --- benchmark: speed and parity with OpenCV ------------------------------------------------------
+# --- the reference --------------------------------------------------------------------------------
 def opencv_flow(frame0: np.ndarray, frame1: np.ndarray, params: TVL1Params) -> np.ndarray:
     """OpenCV's own Dual TV-L1 on one pair with the same parameters: the reference this solver matches."""
     import cv2
     # A fresh object per pair: OpenCV lowers its own nscales for small images and keeps it.
     return cv2.optflow.DualTVL1OpticalFlow_create(**params.opencv_kwargs()).calc(frame0, frame1, None)
-
-
-def _read_gray(path: Path) -> np.ndarray:
-    import cv2
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return image
-
-
-def _video_gray_frames(path: Path, count: int, size: tuple[int, int] | None) -> np.ndarray:
-    import cv2
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < count:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        if size is not None and gray.shape != (size[1], size[0]):
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        frames.append(gray)
-    capture.release()
-    if len(frames) < 2:
-        raise ValueError(f"{path}: fewer than 2 decodable frames")
-    return np.stack(frames)
-
-
-def parity(flow_method: TVL1Keras, pairs_dir: str | Path, scale: float = 1.0, repeat: bool = False) -> list[dict]:
-    """EPE against ground truth of OpenCV's TV-L1 and of ``flow_method`` on every
-    ``<pairs_dir>/<pair>/frame1.png, frame2.png, gt.flo``, and their mean difference.
-
-    ``scale`` < 1 shrinks the frames first (INTER_AREA) and compares the two methods only.
-    ``keras_s`` includes compiling for a new frame size unless ``repeat`` (then: a second run).
-    """
-    import cv2
-
-    from utils.flow import endpoint_error, read_flo
-
-    rows = []
-    folders = sorted(p for p in Path(pairs_dir).iterdir() if (p / "frame1.png").is_file())
-    if not folders:
-        raise FileNotFoundError(f"no <pair>/frame1.png, frame2.png under {pairs_dir}")
-    for folder in folders:
-        frame0, frame1 = _read_gray(folder / "frame1.png"), _read_gray(folder / "frame2.png")
-        if scale != 1.0:
-            size = (round(frame0.shape[1] * scale), round(frame0.shape[0] * scale))
-            frame0, frame1 = (cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in (frame0, frame1))
-        start = time.perf_counter()
-        reference = opencv_flow(frame0, frame1, flow_method.params)
-        opencv_s = time.perf_counter() - start
-        for _ in range(2 if repeat else 1):
-            start = time.perf_counter()
-            ours = flow_method.pairs(frame0[None], frame1[None])[0]
-            keras_s = time.perf_counter() - start
-        row = dict(pair=folder.name, size=f"{frame0.shape[1]}x{frame0.shape[0]}",
-                   mean_abs_diff=float(np.abs(ours - reference).mean()),
-                   mean_epe_diff=float(np.linalg.norm(ours - reference, axis=-1).mean()),
-                   opencv_s=opencv_s, keras_s=keras_s)
-        if scale == 1.0 and (folder / "gt.flo").is_file():
-            truth = read_flo(folder / "gt.flo")
-            row.update(epe_opencv=endpoint_error(reference, truth), epe_keras=endpoint_error(ours, truth))
-            row["epe_ratio"] = row["epe_keras"] / row["epe_opencv"]
-        rows.append(row)
-    return rows
-
-
-class _MemoryMonitor:
-    """Peak device memory while it runs: GPU memory from nvidia-smi, polled by a thread (backends
-    may preallocate: set XLA_PYTHON_CLIENT_PREALLOCATE=false for JAX to see real use), else
-    the process's peak resident memory."""
-
-    def __enter__(self):
-        import threading
-        self.peak_mib, self._stop = 0.0, threading.Event()
-        self.gpu = bool(_nvidia_smi("memory.used"))
-        if self.gpu:
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(0.25):
-            used = _nvidia_smi("memory.used")
-            if used:
-                self.peak_mib = max(self.peak_mib, float(used[0]))
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self.gpu:
-            self._thread.join()
-
-    def report(self) -> str:
-        if self.gpu:
-            total = _nvidia_smi("memory.total")
-            return f"GPU peak {self.peak_mib:.0f} MiB of {total[0] if total else '?'} MiB (nvidia-smi)"
-        import resource
-        return f"host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-
-
-def benchmark(video: str | Path | None = TEST_CLIPS, pairs_dir: str | Path | None = TEST_FLOW_GT,
-              n_pairs: int = 64, size: tuple[int, int] = (320, 240), opencv_pairs: int = 8, **options) -> dict:
-    """Print and return the speed of :class:`TVL1Keras` and its parity with OpenCV.
-
-    Speed: pairs/s on ``n_pairs`` consecutive frame pairs of a real clip resized to ``size``
-    (``video``: a file, or a folder whose first clip is used), after a warm-up call that
-    compiles; OpenCV's pairs/s on the first ``opencv_pairs`` of them in the same run; their
-    mean difference; the plan (pairs per call, slots) and peak memory. Parity: EPE of both
-    methods against the ground truth in ``pairs_dir``. ``options`` go to :class:`TVL1Keras`.
-    """
-    flow = TVL1Keras(**options)
-    result = dict(device=flow.device, backend=keras.backend.backend())
-    print(f"TV-L1 keras: {flow!r}", flush=True)
-    if video is not None:
-        video = Path(video)
-        if video.is_dir():
-            clips = sorted(p for p in video.rglob("*") if p.suffix.lower() in (".avi", ".mp4"))
-            if not clips:
-                raise FileNotFoundError(f"no .avi/.mp4 clip under {video}")
-            video = clips[0]
-        frames = _video_gray_frames(video, n_pairs + 1, size)
-        n = len(frames) - 1
-        call, slots = flow.plan(frames.shape[1], frames.shape[2], n)
-        with _MemoryMonitor() as memory:
-            start = time.perf_counter()
-            flow(frames)                                      # compiles (once per frame size)
-            compile_s = time.perf_counter() - start
-            start = time.perf_counter()
-            ours = flow(frames)
-            keras_s = time.perf_counter() - start
-        k = min(opencv_pairs, n)
-        start = time.perf_counter()
-        reference = np.stack([opencv_flow(frames[i], frames[i + 1], flow.params) for i in range(k)])
-        opencv_s = time.perf_counter() - start
-        result.update(video=video.name, size=f"{frames.shape[2]}x{frames.shape[1]}", pairs=n, call=call,
-                      slots=slots, chunk=flow.chunk, steps_per_level=flow.last_steps,
-                      first_call_s=round(compile_s, 1), keras_pairs_per_s=n / keras_s,
-                      opencv_pairs_per_s=k / opencv_s, opencv_threads=_opencv_threads(),
-                      video_mean_abs_diff=float(np.abs(ours[:k] - reference).mean()), memory=memory.report())
-        print(f"speed, {n} pairs at {result['size']} from {video.name}: "
-              f"keras {result['keras_pairs_per_s']:.2f} pairs/s "
-              f"(calls of {call} pairs, {slots} slots, chunk {flow.chunk}, scheduling steps per level "
-              f"{flow.last_steps}; first call incl. compiling {compile_s:.1f} s), OpenCV "
-              f"{result['opencv_pairs_per_s']:.2f} pairs/s ({result['opencv_threads']} threads, {k} pairs); "
-              f"mean |diff| {result['video_mean_abs_diff']:.4f} px; {result['memory']}", flush=True)
-    if pairs_dir is not None:
-        rows = parity(flow, pairs_dir, repeat=True)
-        result["parity"] = rows
-        for row in rows:
-            epe = (f"EPE OpenCV {row['epe_opencv']:.3f} / keras {row['epe_keras']:.3f} px "
-                   f"(ratio {row['epe_ratio']:.4f}); " if "epe_opencv" in row else "")
-            print(f"parity, {row['pair']} ({row['size']}): {epe}mean |diff| to OpenCV {row['mean_abs_diff']:.4f} px, "
-                  f"mean end-point diff {row['mean_epe_diff']:.4f} px; OpenCV {row['opencv_s']:.2f} s, "
-                  f"keras {row['keras_s']:.2f} s", flush=True)
-    return result
-
-
-def _opencv_threads() -> int:
-    import cv2
-    return cv2.getNumThreads()
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Benchmark batched Keras TV-L1 against OpenCV (speed and parity).")
-    parser.add_argument("--video", default=str(TEST_CLIPS), help="clip, or folder of clips (first one is used)")
-    parser.add_argument("--pairs-dir", default=str(TEST_FLOW_GT),
-                        help="folder of <pair>/frame1.png, frame2.png, gt.flo")
-    parser.add_argument("--n-pairs", type=int, default=64)
-    parser.add_argument("--size", default="320x240", help="WxH the clip's frames are resized to")
-    parser.add_argument("--opencv-pairs", type=int, default=8)
-    parser.add_argument("--slots", type=int, default=None, help="pairs iterated together (default: from memory)")
-    parser.add_argument("--pairs-per-slot", type=int, default=4)
-    parser.add_argument("--chunk", type=int, default=None,
-                        help="inner iterations per scheduling step (default: 1 on CPU, 2 on GPU)")
-    parser.add_argument("--side-work", type=int, default=None,
-                        help="slots warped / median-filtered per step (default: slots/4)")
-    parser.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"])
-    parser.add_argument("--no-parity", action="store_true", help="skip the ground-truth pairs")
-    parser.add_argument("--no-video", action="store_true", help="skip the speed test")
-    args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    benchmark(video=None if args.no_video else args.video, pairs_dir=None if args.no_parity else args.pairs_dir,
-              n_pairs=args.n_pairs, size=(width, height), opencv_pairs=args.opencv_pairs, slots=args.slots,
-              pairs_per_slot=args.pairs_per_slot, chunk=args.chunk, side_work=args.side_work, jit_compile=jit)
-
-
-if __name__ == "__main__":
-    main()

@@ -2,63 +2,54 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from utils.rawframes import write_atomically
+
 CSV_COLUMNS = ("machine_id", "stage", "item", "setting", "metric", "value", "unit", "device",
                "status", "note", "measured_at", "machine")
 MEASURED, DERIVED, NOT_MEASURED, REFERENCE_STATUS = "measured", "derived", "not measured", "reference"
-
-METRICS = {   # metric -> (column title in the markdown tables, unit)
+SKIPPED = "skipped: budget"      # a configuration of a budgeted run (the device check) left out for time
+PLACEHOLDERS = (NOT_MEASURED, SKIPPED)
+METRICS = {   # metric -> (column title of the markdown tables, unit)
     "pairs_per_s": ("pairs/s", "pairs/s"),
-    "speedup": ("speed-up vs 1 process x 1 thread", "x"),
-    "relative_to_tvl1": ("speed vs TV-L1", "x"),
-    "epe_px": ("EPE", "px"),
-    "ref_epe_px": ("reference EPE", "px"),
+    "speedup": ("speed-up vs 1 process x 1 thread (x)", "x"),
+    "epe_px": ("EPE (px)", "px"),
     "ms_per_pair": ("ms per pair", "ms"),
-    "ref_ms_per_pair": ("reference ms per pair", "ms"),
-    "epe_float_vs_gt_px": ("EPE float flow vs GT", "px"),
-    "epe_uint8_vs_float_px": ("uint8 vs float", "px"),
-    "epe_jpeg_vs_float_px": ("uint8+JPEG vs float", "px"),
-    "epe_jpeg_vs_gt_px": ("uint8+JPEG vs GT", "px"),
-    "epe_added_px": ("EPE added by storage", "px"),
-    "clipped_fraction": ("share of pixels beyond +-20 px", "fraction"),
-    "videos_per_s": ("videos/s", "videos/s"),
-    "seconds": ("time", "s"),
-    "startup_seconds": ("start-up", "s"),
-    "pairs_per_s_end_to_end": ("pairs/s incl. start-up", "pairs/s"),
-    "frame_pairs": ("frame pairs", "pairs"),
-    "kb_per_pair": ("disk per frame pair (RGB + flow x,y)", "KB"),
-    "hours_full_hmdb51": ("full HMDB51, this machine", "h"),
-    "core_hours_full_hmdb51": ("full HMDB51, per core", "core-h"),
-    "disk_gb_full_hmdb51": ("full HMDB51 on disk", "GB"),
-    "samples_per_s": ("samples/s", "samples/s"),
-    "samples_per_s_per_core": ("samples/s per core", "samples/s"),
-    "samples_per_cpu_second": ("samples per CPU second", "samples/s"),
-    "train_samples_per_s": ("training samples/s", "samples/s"),
-    "infer_samples_per_s": ("inference samples/s", "samples/s"),
-    "inputs_per_s": ("network inputs/s", "inputs/s"),
-    "videos_per_s_hmdb51_clip": ("videos/s (mean HMDB51 clip)", "videos/s"),
-    "hours_test_split": ("test split (1530 clips)", "h"),
-    "epe_vs_opencv_px": ("EPE vs OpenCV TV-L1", "px"),
-    "epe_ratio_vs_opencv": ("EPE / OpenCV's EPE", "x"),
-    "speed_vs_opencv": ("speed vs OpenCV", "x"),
-    "compile_seconds": ("first call (compiles)", "s"),
-    "epoch_minutes": ("one epoch", "min"),
-    "schedule_hours": ("whole training schedule", "h"),
+    "ref_epe_px": ("reference EPE (px)", "px"),
+    "epe_float_vs_gt_px": ("EPE float flow vs GT (px)", "px"),
+    "epe_jpeg_vs_float_px": ("stored vs float (px)", "px"),
+    "epe_jpeg_vs_gt_px": ("stored vs GT (px)", "px"),
+    "epe_added_px": ("EPE added by storage (px)", "px"),
+    "startup_seconds": ("start-up (s)", "s"),
+    "kb_per_pair": ("disk per frame pair, RGB + flow x,y (KB)", "KB"),
+    "hours_full_hmdb51": ("full HMDB51, this machine (h)", "h"),
+    "core_hours_full_hmdb51": ("full HMDB51, per core (core-h)", "core-h"),
+    "disk_gb_full_hmdb51": ("full HMDB51 on disk (GB)", "GB"),
     "pairs_per_s_per_core": ("pairs/s per core", "pairs/s"),
-    "scaling_efficiency": ("scaling: rate / (N x rate of 1)", "x"),
-    "flow_only_pairs_per_s": ("flow computation alone, pairs/s", "pairs/s"),
-    "end_to_end_vs_flow_only": ("end to end / flow alone", "x"),
+    "scaling_efficiency": ("rate / (N x rate of 1) (x)", "x"),
+    "flow_only_pairs_per_s": ("flow alone, pairs/s", "pairs/s"),
+    "end_to_end_vs_flow_only": ("end to end / flow alone (x)", "x"),
     "main_ms_per_pair": ("main process, ms per pair", "ms"),
-    "batch_pairs": ("pairs per flow call", "pairs"),
-    "peak_memory_mib": ("peak memory", "MiB"),
+    "samples_per_s": ("samples/s", "samples/s"),
+    "samples_per_cpu_second": ("samples per CPU second", "samples/s"),
+    "train_samples_per_s": ("training samples/s (model alone)", "samples/s"),
+    "infer_samples_per_s": ("inference samples/s", "samples/s"),
+    "compile_seconds": ("first call, compiles (s)", "s"),
     "fit_samples_per_s": ("fit samples/s (real generator)", "samples/s"),
-    "generator_keeps_up": ("fit with the generator / model alone", "x"),
-    "max_abs_difference": ("largest difference to today's loader", "units of 20 px"),
+    "generator_keeps_up": ("with the generator / model alone (x)", "x"),
+    "schedule_hours": ("whole training schedule (h)", "h"),
+    "inputs_per_s": ("network inputs/s", "inputs/s"),
+    "hours_test_split": ("test split, 1530 clips (h)", "h"),
+    "batch_pairs": ("pairs per flow call", "pairs"),
+    "peak_memory_mib": ("peak memory (MiB)", "MiB"),
+    "epe_vs_opencv_px": ("EPE vs OpenCV TV-L1 (px)", "px"),
+    "epe_ratio_vs_opencv": ("EPE / OpenCV's EPE (x)", "x"),
+    "seconds": ("time (s)", "s"),
 }
 
 
@@ -73,7 +64,7 @@ class Row:
     value: float | None
     unit: str = ""
     device: str = "CPU"
-    status: str = MEASURED    # measured | derived | reference | not measured
+    status: str = MEASURED    # measured | derived | reference | not measured | skipped: budget
     note: str = ""
     measured_at: str = ""
     machine: str = ""
@@ -85,47 +76,31 @@ class Row:
 
 def row(stage, item, setting, metric, value, *, status=MEASURED, device="CPU", note="") -> Row:
     """A :class:`Row` with the unit of ``metric``; non-finite values become ``None``."""
-    unit = METRICS.get(metric, ("", ""))[1]
-    value = None if value is None or (isinstance(value, float) and not math.isfinite(value)) else float(value)
-    return Row(stage, str(item), str(setting), metric, value, unit, device, status, note)
+    value = None if value is None or not math.isfinite(float(value)) else float(value)
+    return Row(stage, str(item), str(setting), metric, value, METRICS.get(metric, ("", ""))[1], device, status, note)
 
 
 def format_value(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if value is None or not math.isfinite(value):
         return "-"
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    if magnitude == 0:
-        return "0"
-    return f"{value:.3g}"
+    size = abs(value)
+    return (f"{value:,.0f}" if size >= 1000 else f"{value:.0f}" if size >= 100 else f"{value:.1f}" if size >= 10
+            else f"{value:.2f}" if size >= 1 else "0" if size == 0 else f"{value:.3g}")
 
 
-def write_csv(rows: Sequence[Row], path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for r in rows:
-            data = asdict(r)
-            data["value"] = "" if r.value is None else repr(float(r.value))
-            writer.writerow({k: data[k] for k in CSV_COLUMNS})
-    os.replace(tmp, path)
-    return path
+def write_csv(rows: Sequence[Row], path: Path) -> None:
+    """Write ``rows`` to ``path`` in one step (a reader never sees half a table)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({**asdict(r), "value": "" if r.value is None else repr(r.value)} for r in rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(Path(path), buffer.getvalue())
 
 
 def read_csv(path: Path) -> list[Row]:
     """Rows of a ``benchmarks.csv`` (this or another machine's); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"no benchmark CSV {path}")
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
@@ -135,7 +110,7 @@ def read_csv(path: Path) -> list[Row]:
         rows = []
         for line, record in enumerate(reader, start=2):
             try:
-                value = float(record["value"]) if record["value"] not in ("", None) else None
+                value = float(record["value"]) if record["value"] else None
             except ValueError:
                 raise ValueError(f"{path}, line {line}: value {record['value']!r} is not a number") from None
             rows.append(Row(**{f.name: record[f.name] for f in fields(Row) if f.name != "value"}, value=value))
@@ -144,17 +119,15 @@ def read_csv(path: Path) -> list[Row]:
 
 def combine(old: Sequence[Row], new: Sequence[Row], replaced_stages: Iterable[tuple[str, str]] = ()) -> list[Row]:
     """``old`` updated with ``new``: same key -> the new row; (machine_id, stage) in ``replaced_stages``
-    -> all old rows of that stage on that machine dropped; "not measured" GPU placeholders dropped
-    once a measured GPU row with the same stage, item, metric and preset exists."""
+    -> all old rows of that stage on that machine dropped; GPU placeholders ("not measured",
+    "skipped: budget") dropped once a measured GPU row with the same stage, item, metric and preset exists."""
     replaced = set(replaced_stages)
-    merged: dict[tuple, Row] = {r.key(): r for r in old if (r.machine_id, r.stage) not in replaced}
-    for r in new:
-        merged.pop(r.key(), None)
-        merged[r.key()] = r
-    rows = list(merged.values())
+    merged = {r.key(): r for r in old if (r.machine_id, r.stage) not in replaced}
+    merged.update((r.key(), r) for r in new)
 
     def what(r: Row) -> tuple:      # a GPU figure of the same stream, metric and preset ("hmdb51 preset: ...")
         return r.stage, r.item, r.metric, r.setting.split(":")[0]
 
-    measured_gpu = {what(r) for r in rows if r.device.startswith("GPU") and r.status in (MEASURED, DERIVED)}
-    return [r for r in rows if not (r.status == NOT_MEASURED and r.device.startswith("GPU") and what(r) in measured_gpu)]
+    gpu = {what(r) for r in merged.values() if r.device.startswith("GPU") and r.status in (MEASURED, DERIVED)}
+    return [r for r in merged.values()
+            if not (r.status in PLACEHOLDERS and r.device.startswith("GPU") and what(r) in gpu)]

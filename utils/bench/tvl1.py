@@ -1,22 +1,21 @@
-"""TV-L1 in Keras stage: ``utils/tvl1_keras.py`` against OpenCV's TV-L1 in the same run.
-
-Speed at 320x240 in full calls (the batch the extraction pipeline uses), the batch (pairs per
-call, slots), compilation time and peak memory, for each configuration asked for; parity: the
-EPE against ground truth of both implementations on ``tests/data/flow_gt`` and their ratio
-(target: within 1 %). OpenCV's EPE comes from the same run where ``cv2.optflow`` exists, else
-from the reference figures (OpenCV 5.0 defaults), which holds only for the default parameters.
+"""TV-L1 in Keras (``utils/tvl1_keras.py``): speed (``tvl1keras``: pairs/s in the calls batched
+extraction makes, on one named clip and on the realistic mix of every 320x240 clip, for each
+configuration), parity with OpenCV (``tvl1keras-parity``: each frame size compiles, so it comes
+last in the device check), 16-bit storage against float32 on the ground-truth pairs
+(``tvl1keras-storage``, a CPU figure), and the device check's smoke test.
 """
 from __future__ import annotations
 
 import time
 
-import cv2
 import numpy as np
 
-from utils.bench.context import FLOW_SIZE, Bench, read_gray
-from utils.bench.flow import REFERENCE, flow_callable, pair_stepper, threads_setting
-from utils.bench.machine import device_label, peak_memory_mib, time_until
-from utils.bench.rows import DERIVED, NOT_MEASURED, REFERENCE_STATUS, row
+from utils.bench.context import FLOW_SIZE, HMDB51_FRAME_PAIRS, QUICK_TVL1, Bench, read_gray
+from utils.bench.flow import REFERENCE
+from utils.bench.machine import keras_device, nvidia_smi, peak_memory_mib, time_until
+from utils.bench.rows import DERIVED, NOT_MEASURED, REFERENCE_STATUS
+
+SPEED_METRICS = ("pairs_per_s", "batch_pairs", "compile_seconds", "peak_memory_mib")
 
 
 def config_name(options: dict) -> str:
@@ -25,133 +24,149 @@ def config_name(options: dict) -> str:
 
 def tvl1_keras(bench: Bench, options: dict | None = None):
     """The run's TVL1Keras for these options (built once: its compiled programs are reused)."""
+    from utils.flow import make_video_flow
     options = {**bench.s.tvl1_keras_options, **(options or {})}
     key = ("tvl1-keras", config_name(options))
     if key not in bench.shared:
-        from utils.flow import make_video_flow
         bench.shared[key] = make_video_flow("tvl1-keras", **options)
     return bench.shared[key]
 
 
-def speed_frames(bench: Bench, n_pairs: int) -> np.ndarray:
-    """``n_pairs + 1`` grayscale frames of a 320x240 clip (resized to ``--tvl1-size`` if given)."""
-    clip = bench.clips(native_size=FLOW_SIZE)[0]
-    frames = bench.gray_pairs_clip(clip, n_pairs)
-    while len(frames) < n_pairs + 1:                     # a short clip: play it forwards and back
-        frames = np.concatenate([frames, frames[::-1][1:]])[:n_pairs + 1]
-    if bench.s.tvl1_size:
-        frames = np.stack([cv2.resize(f, bench.s.tvl1_size, interpolation=cv2.INTER_AREA) for f in frames])
-    return frames
+def speed_inputs(bench: Bench, call: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (frames0, frames1)}: a call's worth of pairs of the first 320x240 clip, and the mix."""
+    clips = bench.clips(size=FLOW_SIZE)
+    one = bench.gray(clips[0], call, bench.s.tvl1_size)
+    mix = [bench.gray(c, bench.s.mix_pairs, bench.s.tvl1_size) for c in clips]
+    names = ", ".join(c.parent.name for c in clips)
+    return {f"clip {clips[0].parent.name}, {call} pairs": (one[:-1], one[1:]),
+            f"mix of {len(mix) * bench.s.mix_pairs} pairs, {bench.s.mix_pairs} of each clip ({names})":
+                (np.concatenate([f[:-1] for f in mix]), np.concatenate([f[1:] for f in mix]))}
 
 
 def stage_tvl1keras(bench: Bench) -> None:
-    try:
-        keras_fn = tvl1_keras(bench)
-    except Exception as error:  # noqa: BLE001
-        bench.log(f"tvl1keras: cannot build the 'tvl1-keras' method: {error}")
-        bench.add(row("tvl1keras", "tvl1-keras", "-", "pairs_per_s", None, status=NOT_MEASURED, note=str(error)[:200]))
-        return
-    device = device_label(keras_fn.device)
-    on_gpu = device.startswith("GPU")
-    keras_rate, frames, compile_s = _speed(bench, keras_fn, {}, device)
-    if not on_gpu and bench.methods_available(["tvl1"]):
-        _against_opencv(bench, keras_fn, frames, keras_rate, device)
-    _parity(bench, keras_fn, device, compile_s)
-    for options in bench.s.tvl1_keras_configs:      # other configurations, while the stage has time
-        if bench.time_left("tvl1keras") < 1.5 * compile_s + 2 * bench.s.min_time:
-            bench.log(f"  tvl1keras: no time left for configuration {config_name(options)}")
+    device = keras_device()
+    width, height = bench.s.tvl1_size or FLOW_SIZE
+    inputs = speed_inputs(bench, tvl1_keras(bench).plan(height, width, 1 << 30)[0])
+    clip, mix = inputs
+    runs = [({}, clip), ({}, mix)] + [(options, mix) for options in bench.s.tvl1_keras_configs]
+    first_call, compiled = None, set()
+    for options, name in runs:
+        try:
+            fn = tvl1_keras(bench, options)
+        except (ValueError, ImportError) as error:     # e.g. kernel="pallas" on a backend other than JAX
+            put = bench.writer("tvl1keras", "tvl1-keras", f"{config_name(options)}; {name}", device)
+            for metric in SPEED_METRICS:
+                put(metric, None, NOT_MEASURED, note=str(error))
             continue
-        _speed(bench, tvl1_keras(bench, options), options, device)
+        call, slots = fn.plan(height, width, 1 << 30)          # what utils.extract_batched calls it with
+        setting = f"{config_name(options)}; {name}; calls of {call} pairs ({slots} slots), {width}x{height}"
+        if first_call is not None and bench.time_left("tvl1keras") < 1.5 * first_call + 2 * bench.s.min_time:
+            bench.skip("tvl1keras", "tvl1-keras", setting, SPEED_METRICS, device, "no time left to compile and time it")
+            continue
+        frames0, frames1 = (np.resize(f, (-(-len(f) // call) * call, *f.shape[1:])) for f in inputs[name])
+        bench.log(f"tvl1keras: {setting} on {fn.device}")
+        put = bench.writer("tvl1keras", "tvl1-keras", setting, device)
+        if id(fn) not in compiled:
+            started = time.perf_counter()
+            fn.pairs(frames0[:call], frames1[:call])           # the first call compiles (once per configuration)
+            first_call = bench.shared["tvl1 compile"] = first_call or time.perf_counter() - started
+            compiled.add(id(fn))
+            put("compile_seconds", time.perf_counter() - started, note="first call: compilation + one call")
+
+        def all_calls() -> int:
+            for k in range(0, len(frames0), call):
+                fn.pairs(frames0[k:k + call], frames1[k:k + call])
+            return len(frames0)
+        pairs, elapsed = time_until(all_calls, bench.s.min_time, warmup=0)
+        memory, how = peak_memory_mib()
+        put("pairs_per_s", pairs / elapsed, note=f"{len(frames0)} pairs per pass, repeated to fill the calls")
+        put("batch_pairs", call)
+        put("peak_memory_mib", memory, note=f"{how}, peak of the run so far")
+        put("hours_full_hmdb51", HMDB51_FRAME_PAIRS * elapsed / pairs / 3600, DERIVED, note="the flow alone")
 
 
-def _speed(bench: Bench, keras_fn, options: dict, device: str) -> tuple[float, np.ndarray, float]:
-    """Pairs/s in full calls at the speed size; rows for the batch, compilation and memory.
-    Returns the rate, the frames and the compilation time."""
-    height, width = (bench.s.tvl1_size or FLOW_SIZE)[::-1]
-    call, slots = keras_fn.plan(height, width, 1, full_call=True)
-    n_pairs = bench.s.tvl1_keras_pairs or call
-    frames = speed_frames(bench, n_pairs)
-    size = f"{width}x{height}"
-    setting = f"{config_name(options)}; {n_pairs} pairs per call ({slots} slots), {size}"
-    bench.log(f"tvl1keras: {setting} on {keras_fn.device} (the first call compiles)")
-    started = time.perf_counter()
-    keras_fn.pairs(frames[:-1], frames[1:], full_call=True)
-    compile_s = time.perf_counter() - started
-    pairs, seconds = time_until(lambda: len(keras_fn.pairs(frames[:-1], frames[1:], full_call=True)),
-                                bench.s.min_time, 1, warmup=0)
-    memory, how = peak_memory_mib()
-    rate = pairs / seconds
-    bench.add(row("tvl1keras", "tvl1-keras", setting, "pairs_per_s", rate, device=device,
-                  note=f"scheduling steps per level {keras_fn.last_steps}"),
-              row("tvl1keras", "tvl1-keras", setting, "batch_pairs", call, device=device,
-                  note=f"{slots} slots x {keras_fn.pairs_per_slot} pairs per slot, chunk {keras_fn.chunk}"),
-              row("tvl1keras", "tvl1-keras", setting, "compile_seconds", compile_s, device=device,
-                  note="first call: compilation + one run"),
-              row("tvl1keras", "tvl1-keras", setting, "peak_memory_mib", memory, device=device,
-                  note=f"{how}, peak of the run so far"))
-    return rate, frames, compile_s
-
-
-def _against_opencv(bench: Bench, keras_fn, frames: np.ndarray, keras_rate: float, device: str) -> None:
-    """OpenCV's pairs/s on the same frames and parameters (1 thread and all cores), and the mean
-    flow difference."""
-    opencv = flow_callable("tvl1", **keras_fn.params.opencv_kwargs())
-    size = f"{frames.shape[2]}x{frames.shape[1]}"
-    previous = cv2.getNumThreads()
-    try:
-        for threads in sorted({1, bench.cores}):
-            cv2.setNumThreads(threads)
-            p, s = time_until(pair_stepper(opencv, frames), bench.s.min_time, 1)
-            bench.add(row("tvl1keras", "tvl1 (OpenCV)", f"{threads_setting(threads)}, {size}", "pairs_per_s", p / s))
-            bench.add(row("tvl1keras", "tvl1-keras", f"{size} vs OpenCV {threads} thread(s)", "speed_vs_opencv",
-                          keras_rate / (p / s), status=DERIVED, device=device))
-    finally:
-        cv2.setNumThreads(previous)
-    k = min(len(frames) - 1, 2 if bench.s.quick else 4)
-    ours = keras_fn.pairs(frames[:k], frames[1:k + 1], full_call=True)
-    reference = opencv(frames[:k + 1])
-    bench.add(row("tvl1keras", "tvl1-keras", f"real clip, {k} pairs, {size}", "epe_vs_opencv_px",
-                  float(np.linalg.norm(ours - reference, axis=-1).mean()), device=device))
-
-
-def _parity(bench: Bench, keras_fn, device: str, compile_s: float) -> None:
+def stage_parity(bench: Bench) -> None:
     """EPE of both implementations on the ground-truth pairs and its ratio, smallest pairs first.
 
-    Every frame size compiles new programs (about a minute on a CPU), so a CPU run checks the
-    smallest pair only unless ``--tvl1keras-gt-pairs`` says otherwise; a GPU run and the device
-    check check them all while the stage has time."""
+    Every frame size compiles new programs (about two minutes on a CPU), so a CPU run checks the
+    smallest pair only unless ``--gt-pairs`` says otherwise. OpenCV's EPE is measured in the same run
+    where ``cv2.optflow`` exists, else taken from the reference figures (default parameters only)."""
     from utils.flow import endpoint_error, read_flo
-    from utils.tvl1_keras import opencv_flow     # a fresh OpenCV object per pair, same parameters
-    gt_pairs = sorted(bench.gt_pairs(), key=lambda p: (read_gray(p / "frame1.png").size, p.name))
-    limit = bench.s.tvl1_keras_gt_pairs
-    if limit is None:
-        limit = len(gt_pairs) if device.startswith("GPU") or bench.s.device else (0 if bench.s.quick else 1)
-    opencv_here = bench.methods_available(["tvl1"])
-    defaults = not any(k in bench.s.tvl1_keras_options for k in ("tau", "lambda_", "theta", "nscales", "warps",
-                                                                   "epsilon", "inner_iterations", "outer_iterations",
-                                                                   "scale_step", "median_filtering"))
-    for k, pair in enumerate(gt_pairs[:limit]):
-        if k and bench.time_left("tvl1keras") < 1.5 * compile_s:       # a new frame size compiles
-            bench.log(f"  tvl1keras: no time left for the parity of {pair.name}")
-            bench.add(row("tvl1keras", "tvl1-keras", pair.name, "epe_ratio_vs_opencv", None, device=device,
-                          status=NOT_MEASURED, note="the device check's time budget ran out"))
+    from utils.tvl1_keras import opencv_flow
+    fn, device = tvl1_keras(bench), keras_device()
+    pairs = sorted(bench.gt_pairs(), key=lambda p: (read_gray(p / "frame1.png").size, p.name))
+    limit = bench.s.gt_pairs
+    limit = limit if limit is not None else len(pairs) if bench.s.device or device != "CPU" else int(not bench.s.quick)
+    opencv_here = bench.extractable(["tvl1"]) == ["tvl1"]
+    first_call = bench.shared.get("tvl1 compile")           # a new frame size compiles about as long
+    for pair in pairs[:limit]:
+        if first_call is not None and bench.time_left("tvl1keras-parity") < 1.5 * first_call:
+            bench.skip("tvl1keras-parity", "tvl1-keras", pair.name, ("epe_px", "epe_ratio_vs_opencv"), device,
+                       "no time left to compile this frame size")
             continue
         gt = read_flo(pair / "gt.flo")
         prev, nxt = (read_gray(pair / name) for name in ("frame1.png", "frame2.png"))
-        ours = keras_fn.pairs(prev[None], nxt[None], full_call=True)[0]
-        ours_epe = endpoint_error(ours, gt)
-        bench.add(row("tvl1keras", "tvl1-keras", pair.name, "epe_px", ours_epe, device=device))
+        started = time.perf_counter()
+        ours = fn.pairs(prev[None], nxt[None])[0]          # as the pipeline computes a one-pair video
+        first_call = max(first_call or 0, time.perf_counter() - started)
+        epe, put = endpoint_error(ours, gt), bench.writer("tvl1keras-parity", "tvl1-keras", pair.name, device)
+        put("epe_px", epe)
         if opencv_here:
-            reference = opencv_flow(prev, nxt, keras_fn.params)
+            reference = opencv_flow(prev, nxt, fn.params)
             opencv_epe, status, note = endpoint_error(reference, gt), "measured", "OpenCV in this run"
-            bench.add(row("tvl1keras", "tvl1-keras", pair.name, "epe_vs_opencv_px",
-                          float(np.linalg.norm(ours - reference, axis=-1).mean()), device=device))
-        elif defaults and pair.name in REFERENCE:
+            put("epe_vs_opencv_px", float(np.linalg.norm(ours - reference, axis=-1).mean()))
+        elif not bench.s.tvl1_keras_options and pair.name in REFERENCE:
             opencv_epe, status = REFERENCE[pair.name]["tvl1"][0], REFERENCE_STATUS
             note = "no cv2.optflow here: OpenCV 5.0's reference EPE (3 decimals)"
         else:
             continue
-        bench.add(row("tvl1keras", "tvl1 (OpenCV)", pair.name, "epe_px", opencv_epe, status=status, note=note),
-                  row("tvl1keras", "tvl1-keras", pair.name, "epe_ratio_vs_opencv", ours_epe / opencv_epe,
-                      status=DERIVED, device=device, note=f"target 0.99 to 1.01; {note}"))
+        bench.writer("tvl1keras-parity", "tvl1 (OpenCV)", pair.name)("epe_px", opencv_epe, status, note=note)
+        put("epe_ratio_vs_opencv", epe / opencv_epe, DERIVED, note=f"target 0.99 to 1.01; {note}")
 
+
+def stage_storage(bench: Bench) -> None:
+    """16-bit storage of the dual variables and warp terms (``storage="float16"|"bfloat16"``; u stays
+    float32) against float32 on the ground-truth pairs: EPE, the mean end-point difference to the
+    float32 flow, and the inner iterations (all levels) with their ratio to float32's. One slot, the
+    solver's default parameters; each storage and frame size compiles its programs once."""
+    from utils.flow import endpoint_error, read_flo
+    from utils.tvl1_keras import STORAGE_DTYPES
+
+    device = keras_device()
+    pairs = sorted(bench.gt_pairs(), key=lambda p: (read_gray(p / "frame1.png").size, p.name))
+    limit = bench.s.gt_pairs if bench.s.gt_pairs is not None else len(pairs) if not bench.s.quick else 1
+    for pair in pairs[:limit]:
+        gt = read_flo(pair / "gt.flo")
+        prev, nxt = (read_gray(pair / name) for name in ("frame1.png", "frame2.png"))
+        reference = None
+        for storage in STORAGE_DTYPES:                            # float32 first: the reference
+            fn = tvl1_keras(bench, {"storage": storage, "slots": 1, "pairs_per_slot": 1})
+            flow = fn.pairs(prev[None], nxt[None])[0]
+            iterations = int(fn.last_iterations.sum())
+            reference = reference or (flow, iterations)
+            put = bench.writer("tvl1keras-storage", f"tvl1-keras, storage={storage}", pair.name, device)
+            put("epe_px", endpoint_error(flow, gt))
+            put("inner_iterations", iterations, note="all pyramid levels and warps")
+            if storage != "float32":
+                put("epe_vs_float32_px", float(np.linalg.norm(flow - reference[0], axis=-1).mean()),
+                    note="mean end-point difference to the float32 flow")
+                put("iterations_vs_float32", iterations / reference[1], DERIVED)
+            bench.log(f"tvl1keras-storage: {pair.name} {storage}: {iterations} iterations")
+
+
+def smoke(bench: Bench) -> str:
+    """The device check's first half minute: Keras runs on its backend and on the GPU that nvidia-smi
+    sees, and the solver finds the 1 px motion between two crops of a real frame (one pyramid level,
+    few iterations: a quick compile). Raises RuntimeError saying what is wrong; returns what it saw."""
+    import keras
+    fn, device = tvl1_keras(bench, QUICK_TVL1), keras_device()
+    if nvidia_smi("name") and device == "CPU":
+        raise RuntimeError(f"nvidia-smi sees {nvidia_smi('name')[0]} but Keras ({keras.backend.backend()}) runs on "
+                           f"the CPU ({fn.device}): the backend's CUDA build is missing or does not load")
+    frame = bench.gray(bench.clips(size=FLOW_SIZE)[0], 1, (66, 48))[0]
+    call = fn.plan(48, 64, 1 << 30)[0]         # a full call, as the check's quick mode (CI) then makes
+    flow = fn.pairs(np.repeat(frame[None, :, :64], call, 0), np.repeat(frame[None, :, 1:65], call, 0))[0]
+    u, v = float(np.median(flow[..., 0])), float(np.median(flow[..., 1]))
+    if not np.isfinite(flow).all() or abs(u + 1) > 0.25 or abs(v) > 0.25:
+        raise RuntimeError(f"TV-L1 in Keras gives a median flow of ({u:.2f}, {v:.2f}) px for a shift of (-1, 0)")
+    return f"Keras {keras.__version__} on {fn.device}: TV-L1 finds ({u:.2f}, {v:.2f}) px for a shift of (-1, 0)"
