@@ -157,7 +157,7 @@ def test_tvl1_keras_through_the_pipeline(tmp_path, monkeypatch):
     assert host.flow.quantizes_on_device and not hasattr(host, "quantizes_on_device")
     monkeypatch.setitem(FLOW_METHODS, "test-host-quantised", FLOW_METHODS["tvl1-keras"])    # removed afterwards
     register_flow_method("test-host-quantised", lambda **_: host, batched=True)
-    monkeypatch.setattr(extract, "_worker_flow_fns", {})
+    monkeypatch.setattr(extract_job, "_flow_fns", {})   # this process builds the method again
     extract_dataset(root, tmp_path / "host", "test-host-quantised", workers=2, progress=False, method_options=options)
     assert _tree(tmp_path / "out") == _tree(tmp_path / "host")                             # byte for byte
     flow_fn = host.flow

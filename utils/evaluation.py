@@ -650,11 +650,8 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
                          f"score the streams that read frames only ({', '.join(s for s in ALL_STREAMS if s != stream)})")
     rows = evaluation_rows(cfg, subset, index=index, stack_length=stack_length,
                            allow_missing=allow_missing, needs_flow=stream == "temporal")
-    settings = {"stream": stream, "subset": subset, **protocol_id, "stack_length": stack_length,
-                "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
-                "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0),
-                "excluded": rows.attrs.get("excluded", {}), "extraction": extraction, **ckpt_id}
-    settings = json.loads(json.dumps(settings, default=str))        # as stored (tuples become lists)
+    settings = _score_settings(cfg, rows, extraction, ckpt_id, stream=stream, subset=subset, **protocol_id,
+                               stack_length=stack_length)
     out = scores_path(cfg, stream, protocol, subset)
     done, previous = _saved_scores(out, settings, rows, force)
     if done is not None:
@@ -673,6 +670,16 @@ def evaluate_stream(cfg: Config, stream: str, protocol: str, subset: str = "test
                             image_size=image_size, stack_length=stack_length, stride=protocol_id["stride"],
                             segments=protocol_id["segments"], crops=crops, batch_size=batch_size, loader=loader,
                             save_every=save_every, progress=progress)
+
+
+def _score_settings(cfg: Config, rows: pd.DataFrame, extraction: dict | None, ckpt_id: dict, **what) -> dict:
+    """What a score file records, and must match to be reused: ``what`` was scored (stream, subset,
+    protocol, ...), on which dataset, split, carve-out, videos, extraction and checkpoint; as stored
+    (through JSON: tuples become lists)."""
+    settings = {**what, "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
+                "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0),
+                "excluded": rows.attrs.get("excluded", {}), "extraction": extraction, **ckpt_id}
+    return json.loads(json.dumps(settings, default=str))
 
 
 def _checkpoint_identity(ckpt: Path, model, remedy: str) -> dict:
@@ -1049,12 +1056,9 @@ def evaluate_clips(cfg: Config, name: str, modality: str, protocol: str, subset:
         index = build_index(cfg)
     classes = index_class_names(index)
     rows = evaluation_rows(cfg, subset, index=index, stack_length=clip_length, allow_missing=allow_missing)
-    settings = {"stream": name, "modality": modality, "subset": subset, **protocol_id,
-                "clip_length": int(clip_length), "stack_length": int(clip_length),
-                "dataset": cfg.dataset_name, "split": cfg.split, "val_fraction": cfg.val_fraction,
-                "seed": cfg.seed, "n_missing": rows.attrs.get("n_missing", 0),
-                "excluded": rows.attrs.get("excluded", {}), "extraction": extraction_settings(cfg), **ckpt_id}
-    settings = json.loads(json.dumps(settings, default=str))
+    settings = _score_settings(cfg, rows, extraction_settings(cfg), ckpt_id, stream=name, modality=modality,
+                               subset=subset, **protocol_id, clip_length=int(clip_length),
+                               stack_length=int(clip_length))
     out = scores_path(cfg, name, protocol, subset)
     done, previous = _saved_scores(out, settings, rows, force)
     if done is not None:

@@ -52,6 +52,27 @@ def stage_extract(bench: Bench) -> None:
         put("hours_full_hmdb51", hours, DERIVED, note=f"{HMDB51_FRAME_PAIRS:,} pairs / measured pairs/s")
         put("core_hours_full_hmdb51", hours * workers * threads, DERIVED)
         put("disk_gb_full_hmdb51", kb_per_pair * 1024 * HMDB51_FRAME_PAIRS / 1e9, DERIVED, note="JPEG q95")
+    stage_frames_only(bench)
+
+
+def stage_frames_only(bench: Bench) -> None:
+    """``extract_dataset(method=None)`` (``--no-flow``: the RGB frames only, all the SG3I stream reads) on
+    the clips, in one process and in one per core: frames stored per second, decode, resize and JPEG."""
+    from utils.extract import extract_dataset
+    clips = bench.clips(bench.s.max_videos)
+    videos = link_clips(clips, bench.workdir / "videos-frames-only")
+    hmdb51_frames = HMDB51_FRAME_PAIRS + 6766                  # a flow pair per frame but the last of each clip
+    for workers in dict.fromkeys((1, min(bench.cores, len(clips)))):
+        out = bench.workdir / f"rawframes-frames-only-{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        summary = extract_dataset(videos, out, None, workers, max_frames=bench.s.max_frames, progress=False)
+        if summary.failed or not summary.frames:
+            raise RuntimeError(f"extraction of frames only failed: {summary.failures[:3]}")
+        put = bench.writer("extract", "frames only (--no-flow)", f"{workers} worker(s), {summary.done} clips, "
+                           f"{f'{bench.s.max_frames} frames each' if bench.s.max_frames else 'whole'}")
+        put("frames_per_s", summary.frames_per_second, note=f"{summary.frames} frames, start-up included")
+        put("hours_full_hmdb51", hmdb51_frames / summary.frames_per_second / 3600, DERIVED,
+            note=f"{hmdb51_frames:,} frames / measured frames/s")
 
 
 class StoredFlows:

@@ -22,7 +22,8 @@ SECTIONS = {
     "tvl1keras": ("TV-L1 in Keras: speed", "`utils/tvl1_keras.py` in the calls batched extraction makes, on one clip "
                   "and on the mix of every 320x240 clip (the realistic figure).", "implementation", "setting"),
     "extract": ("Extraction end to end", "`utils.extract.extract_dataset` on the real clips; the projections leave "
-                "out the start-up of a run.", "method", "run"),
+                "out the start-up of a run (not the frames-only rows: their start-up is in, a large share on short "
+                "runs with several processes).", "method", "run"),
     "extract-cpu": ("Batched extraction: the CPU side", "`utils.extract_batched.run_batched` with a free flow (stored "
                     "DIS flows of the same clips): what its worker processes sustain.", "work per pair", "processes"),
     "extract-batched": ("Batched extraction (tvl1-keras) end to end", "`run_batched` with TV-L1 in Keras against the "

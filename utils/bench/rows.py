@@ -17,6 +17,10 @@ SKIPPED = "skipped: budget"      # a configuration of a budgeted run (the device
 PLACEHOLDERS = (NOT_MEASURED, SKIPPED)
 METRICS = {   # metric -> (column title of the markdown tables, unit)
     "pairs_per_s": ("pairs/s", "pairs/s"),
+    "frames_per_s": ("frames/s (frames only)", "frames/s"),
+    "inner_iterations": ("inner iterations", ""),
+    "epe_vs_float32_px": ("mean difference to float32 (px)", "px"),
+    "iterations_vs_float32": ("iterations vs float32 (x)", "x"),
     "speedup": ("speed-up vs 1 process x 1 thread (x)", "x"),
     "epe_px": ("EPE (px)", "px"),
     "ms_per_pair": ("ms per pair", "ms"),
