@@ -303,7 +303,7 @@ def confusion_matrix_figure(scores: Scores, title: str = "") -> Figure:
         for i in range(n):
             for j in range(n):
                 if cm[i, j] > 0:
-                    ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=9 if n <= 9 else 7,
                             color="white" if cm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -329,7 +329,7 @@ def per_class_accuracy_figure(results: dict[str, Scores], title: str = "") -> Fi
     ax.set_yticks(range(n), frame.index, fontsize=max(5, min(9, 400 // max(n, 1))))
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%) on the class's test videos")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=9, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -356,7 +356,7 @@ def training_curves_figure(histories: dict[str, pd.DataFrame | None], title: str
             ax.set_title(f"{stream} stream: {metric}")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=9)
             ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
@@ -377,7 +377,7 @@ def fusion_weight_figure(search: pd.DataFrame, chosen: float, title: str = "") -
         other = ax.twinx()
         other.plot(search["weight"], search["nll"], color="C1", alpha=0.6, label="validation NLL")
         other.set_ylabel("mean negative log-likelihood", color="C1")
-    ax.legend(fontsize=8, loc="lower center")
+    ax.legend(fontsize=9, loc="lower center")
     ax.set_title(title)
     fig.tight_layout()
     return fig
