@@ -135,6 +135,15 @@ def test_made_elsewhere_frames_are_recorded_as_such(mm_root, tmp_path, monkeypat
     assert rawframes.read_extraction_settings(fresh)["method"] == "dis"
 
 
+def test_extract_on_a_frames_only_folder_says_there_is_nothing_to_extract(mm_root, capsys):
+    from utils import extract
+    before = sorted(p.relative_to(mm_root) for p in mm_root.rglob("*"))
+    assert extract.main(["--dataset", str(mm_root), "--method", "dis"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to extract" in out and f"{len(build_lists.CLIPS)} videos" in out, out
+    assert sorted(p.relative_to(mm_root) for p in mm_root.rglob("*")) == before      # nothing written
+
+
 def test_total_frames_of_a_list_against_the_folder(mm_root):
     lists = sorted(mm_root.glob("ucf101_*_rawframes.txt"))
     for path in lists:                    # say 10 frames for one clip of 12 and 16 for another of 12

@@ -48,7 +48,7 @@ from utils import writers
 from utils.extract_job import (ExtractionSettings, Job, Result, check_settings, clean_stale_tmp, flow_fn_for,
                                init_worker, list_videos, output_size, run_job, scan_videos, stops_run)
 from utils.flow import FLOW_METHODS, check_flow_method
-from utils.rawframes import FAILURES_FILE, TMP_PREFIX, WARNINGS_FILE
+from utils.rawframes import FAILURES_FILE, TMP_PREFIX, WARNINGS_FILE, video_folders
 
 log = logging.getLogger(__name__)
 
@@ -501,6 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.videos = args.videos or cfg.videos_dir
         args.out = args.out or cfg.frames_dir
         splits_dir = cfg.splits_dir
+        stored = video_folders(cfg.frames_dir)
+        if args.videos == cfg.videos_dir and not cfg.videos_dir.is_dir() and stored:
+            print(f"nothing to extract: there is no {cfg.videos_dir}, and {cfg.frames_dir} already holds the "
+                  f"frames of {len(stored)} videos (made elsewhere, e.g. by mmaction2): the notebooks read them "
+                  "as they are")
+            return 0
     if args.videos is None or args.out is None:
         parser.error("give --dataset, or both --videos and --out")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
