@@ -304,6 +304,21 @@ def markdown(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_each_notebook_is_valid_and_committed_without_outputs(path):
+    """nbformat's own validation (cell ids included: a missing one is a warning on every run today and an
+    error in later nbformat versions), and no outputs or execution counts in the committed copy."""
+    import nbformat
+
+    raw = json.loads(path.read_text())
+    if (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5):
+        assert all("id" in cell for cell in raw["cells"]), f"{path.name}: a cell without an id"
+    notebook = nbformat.from_dict(raw)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code), path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
 def test_each_notebook_ends_with_a_summary_and_numbered_exercises(path):
     last = markdown(path)[-1]
     assert json.loads(path.read_text())["cells"][-1]["cell_type"] == "markdown", path.name
