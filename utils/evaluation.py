@@ -131,7 +131,8 @@ def describe_protocol(settings: dict) -> str:
     if settings.get("protocol") == "one_frame":
         where = "the middle stack of each clip and the frame it starts at"
     elif settings.get("segments"):
-        where = f"{settings['segments']} equally spaced frames / stacks per clip"
+        where = (f"{settings['segments']} equally spaced frames / stacks per clip (every one where a clip "
+                 f"has fewer)")
     else:
         stride = settings.get("stride") or 1
         where = "every frame / stack" if stride == 1 else f"every {stride}th frame / stack"

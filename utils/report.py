@@ -566,9 +566,9 @@ def report_markdown(cfg: Config, table: pd.DataFrame, results: dict[str, dict[st
     for protocol, res in results.items():
         for stream in STREAMS:
             if stream in res:
-                meta = res[stream].meta
-                cost = f"; {int(res[stream].n_inputs.sum())} inputs in {meta['seconds']:.0f} s" \
-                    if meta.get("seconds") is not None else f"; {int(res[stream].n_inputs.sum())} inputs"
+                meta, n_inputs = res[stream].meta, res[stream].n_inputs
+                inputs = f"{int(n_inputs.sum())} inputs ({n_inputs.min():.0f} to {n_inputs.max():.0f} per video)"
+                cost = f"; {inputs} in {meta['seconds']:.0f} s" if meta.get("seconds") is not None else f"; {inputs}"
                 lines.append(f"- {PROTOCOL_NAMES[protocol].lower()}, {stream}: {describe_protocol(meta)}, "
                              f"softmax averaged per video{cost}")
         if "weighted" in res:
